@@ -1,0 +1,161 @@
+"""The ``cortex-fsm`` command.
+
+Exit status: 0 success; 1 a check failed (``verify``); 2 bad input or
+arguments (a malformed trace or config, a missing file, an unknown option).
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+from .errors import CortexError
+
+__all__ = ["main"]
+
+PROG = "cortex-fsm"
+
+
+class _Usage(Exception):
+    """A usage error found after argument parsing."""
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _decisions_sink(target: str | None) -> Iterator[IO[str] | None]:
+    """Decision lines go to a file that appears only when complete, or stdout."""
+    if target is None:
+        yield None
+        return
+    if target == "-":
+        yield sys.stdout
+        return
+    from .trace import AtomicOutput
+
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise _Usage(f"--decisions: directory {directory} does not exist")
+    try:
+        sink = AtomicOutput(target)
+    except OSError as exc:
+        raise _Usage(f"--decisions: cannot write {target}: {exc.strerror}") from None
+    try:
+        yield sink.stream
+    except BaseException:
+        sink.discard()
+        raise
+    sink.commit()
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import compare, render_comparison, render_summary, replay
+
+    report = bool(args.summary or args.compare)
+    # Decision lines go to --decisions, or to stdout unless stdout carries a report.
+    target = args.decisions if args.decisions is not None else (None if report else "-")
+    with _decisions_sink(target) as out:
+        if args.compare:
+            comparison = compare(args.trace, args.compare, overrides=args.set, out=out)
+            sys.stdout.write(render_comparison(comparison, source=args.trace))
+            return 0
+        summary = replay(args.trace, overrides=args.set, out=out)
+    if args.summary:
+        sys.stdout.write(render_summary(summary, source=args.trace))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .tables import health_markdown, routing_markdown
+
+    parts: list[str] = []
+    if args.which in ("routing", "all"):
+        parts.append(routing_markdown())
+    if args.which in ("health", "all"):
+        parts.append(health_markdown())
+    sys.stdout.write("\n".join(parts))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Routing and node-health policy engine for an LLM inference gateway.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    rp = sub.add_parser(
+        "replay",
+        help="replay a trace and write what every request would have been told",
+        description=(
+            "Replay a v1 trace (.jsonl or .jsonl.gz). Decision lines go to --decisions OUT "
+            "(written to a temporary file and renamed when complete; '-' for stdout), or to "
+            "stdout when neither --summary nor --compare is given."
+        ),
+    )
+    rp.add_argument("trace", help="the trace file")
+    rp.add_argument("--decisions", metavar="OUT", help="write decision lines to OUT")
+    rp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a policy value of the trace header (repeatable)",
+    )
+    rp.add_argument(
+        "--summary",
+        action="store_true",
+        help="print counts per outcome and status, and per node its transitions and time "
+        "in each state",
+    )
+    rp.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also replay under the policy changed by KEY=VALUE (repeatable) and list the "
+        "requests whose outcome differs, with both summaries side by side",
+    )
+    rp.set_defaults(func=_cmd_replay)
+
+    tp = sub.add_parser(
+        "table",
+        help="print the routing decision table and the health transition table as Markdown",
+    )
+    tp.add_argument("which", nargs="?", choices=("all", "routing", "health"), default="all")
+    tp.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (CortexError, _Usage) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); nothing more to say.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

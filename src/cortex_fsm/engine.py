@@ -1,0 +1,487 @@
+"""The sans-IO engine: observations in, transitions and decisions out.
+
+The engine owns the fleet's state -- per node: health, cached discovery,
+model map and load readings -- and nothing else. It never reads a clock
+(every observation carries its time ``t``), never does I/O, and never decides
+anything on its own: health moves only through the health table, requests
+only through the routing table.
+
+Drivers (the poller, the gateway) and trace replay feed it the same
+observations, which is why a recorded trace replays to exactly the decisions
+the gateway made.
+
+To keep a decision O(replicas) instead of O(fleet), the engine maintains two
+indexes alongside the node records, updated on every observation:
+
+* model id -> the nodes whose model map has an entry for it;
+* profile id -> the nodes feasible for it (changes only with discovery).
+
+Decisions are also cached per requested name. A cached decision is dropped
+as soon as anything it depends on changes: the model's entries (added,
+removed, status), a holder's load reading for it, or -- rarely, so the whole
+cache goes -- any node's routability or topology. Between polls, requests
+for the same model therefore cost one dictionary lookup.
+
+The verification suite checks that decisions through these indexes and the
+cache equal decisions over a full scan of :meth:`Engine.snapshot`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from .catalogue import Catalogue, Profile, feasible
+from .errors import ConfigError
+from .fleet import (
+    Discovery,
+    FleetSnapshot,
+    ModelEntry,
+    ModelsReport,
+    ModelStatus,
+    Neuron,
+    NodeSnapshot,
+    PollFailure,
+)
+from .health import UNKNOWN, Event, HealthState, HealthTable
+from .policy import Policy
+from .routing import RULE_OUTCOME, Decision, decide
+from .wire import Invalid, parse_health, parse_models
+
+__all__ = ["Engine", "NodeStatus", "Statistics", "Transition"]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Transition:
+    """A node's health changed. ``cause`` is ``poll_ok`` or ``poll_failed: <reason>``."""
+
+    node: str
+    from_: HealthState
+    to: HealthState
+    cause: str
+    t: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "from": self.from_.label,
+            "to": self.to.label,
+            "cause": self.cause,
+            "t": self.t,
+        }
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NodeStatus:
+    """What an operator wants to know about one node."""
+
+    name: str
+    endpoint: str
+    state: HealthState
+    consecutive_failures: int
+    last_ok: float | None
+    last_failure: str | None
+    models: Mapping[str, ModelEntry]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Statistics:
+    """Counters since the engine was created."""
+
+    polls_ok: int
+    polls_failed: int
+    discoveries: int
+    discoveries_ignored: int
+    health_readings: int
+    health_invalid: int
+    transitions: int
+    decisions: Mapping[str, int]
+    states: Mapping[str, str]
+
+
+class _Entry:
+    """A node's mutable record of one model (snapshots freeze it)."""
+
+    __slots__ = ("last_accessed", "status")
+
+    def __init__(self, status: ModelStatus) -> None:
+        self.status = status
+        self.last_accessed: float | None = None
+
+
+class _Node:
+    __slots__ = (
+        "busy",
+        "discovery",
+        "endpoint",
+        "failures",
+        "health",
+        "health_body",
+        "last_failure",
+        "last_ok",
+        "models",
+        "models_body",
+        "name",
+        "routable",
+    )
+
+    def __init__(self, neuron: Neuron) -> None:
+        self.name = neuron.name
+        self.endpoint = neuron.endpoint
+        self.health = UNKNOWN
+        self.routable = False
+        self.discovery: Discovery | None = None
+        self.models: dict[str, _Entry] = {}
+        self.busy: dict[str, int] = {}
+        self.failures = 0
+        self.last_ok: float | None = None
+        self.last_failure: str | None = None
+        # The last raw bodies applied, to skip re-validating an identical answer.
+        self.models_body: object = None
+        self.health_body: object = None
+
+
+_NO_HOLDERS: dict[str, _Node] = {}
+_CACHE_LIMIT = 1 << 16
+
+
+class Engine:
+    """The policy engine for one fleet. Not thread-safe; drivers serialise calls."""
+
+    def __init__(
+        self,
+        neurons: Sequence[Neuron],
+        catalogue: Catalogue | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        self.catalogue = catalogue if catalogue is not None else Catalogue()
+        self.policy = policy if policy is not None else Policy()
+        self._table = HealthTable(self.policy.failure_threshold)
+        self._nodes: dict[str, _Node] = {}
+        for neuron in neurons:
+            if neuron.name in self._nodes:
+                raise ConfigError(f"neuron name {neuron.name!r} is configured twice")
+            self._nodes[neuron.name] = _Node(neuron)
+        self.neurons: tuple[Neuron, ...] = tuple(neurons)
+        self._routable = 0
+        self._holders: dict[str, dict[str, _Node]] = {}
+        self._feasible: dict[str, dict[str, _Node]] = {p: {} for p in self.catalogue.profiles}
+        self._polls_ok = 0
+        self._polls_failed = 0
+        self._discoveries = 0
+        self._discoveries_ignored = 0
+        self._health_readings = 0
+        self._health_invalid = 0
+        self._transitions = 0
+        self._decisions: Counter[str] = Counter()
+        self._cache: dict[str, Decision] = {}
+        self._aliases_of: dict[str, list[str]] = {}
+        for alias, target in self.catalogue.aliases.items():
+            self._aliases_of.setdefault(target, []).append(alias)
+
+    # --- the routing view (routing.FleetView) ------------------------------------------------
+
+    def any_routable(self) -> bool:
+        return self._routable > 0
+
+    def holders(self, model: str) -> Iterable[_Node]:
+        return self._holders.get(model, _NO_HOLDERS).values()
+
+    def feasible_nodes(self, profile: Profile) -> Iterable[_Node]:
+        return self._feasible.get(profile.id, _NO_HOLDERS).values()
+
+    # --- observations ------------------------------------------------------------------------
+
+    def _node(self, name: str) -> _Node:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise KeyError(f"unknown neuron {name!r}") from None
+
+    def needs_discovery(self, node: str) -> bool:
+        """Should the poller fetch ``/discovery`` for ``node`` this round?"""
+        d = self._node(node).discovery
+        return d is None or not d.complete
+
+    def observe_discovery(self, node: str, t: float, result: Discovery | Invalid) -> bool:
+        """A ``/discovery`` answer (``Invalid`` for a failed fetch or bad body).
+
+        Returns whether the cached topology changed. A complete discovery
+        (``max_prompt_tokens > 0``) is never replaced.
+        """
+        rec = self._node(node)
+        if isinstance(result, Invalid) or (rec.discovery is not None and rec.discovery.complete):
+            self._discoveries_ignored += 1
+            return False
+        self._discoveries += 1
+        self._cache.clear()
+        rec.discovery = result
+        for profile in self.catalogue.profiles.values():
+            members = self._feasible[profile.id]
+            if feasible(profile, rec.name, result):
+                members[rec.name] = rec
+            else:
+                members.pop(rec.name, None)
+        return True
+
+    def observe_models(
+        self, node: str, t: float, result: ModelsReport | PollFailure
+    ) -> Transition | None:
+        """A ``/models`` poll: success replaces the model map; failure keeps it."""
+        rec = self._node(node)
+        before = rec.health
+        if isinstance(result, PollFailure):
+            self._polls_failed += 1
+            rec.failures += 1
+            rec.last_failure = result.reason
+            after = self._table.step(before, Event.POLL_FAILED)
+            cause = f"poll_failed: {result.reason}"
+        else:
+            self._polls_ok += 1
+            rec.failures = 0
+            rec.last_ok = t
+            rec.models_body = None  # set again by observe_models_body when it applies
+            self._replace_models(rec, result)
+            after = self._table.step(before, Event.POLL_OK)
+            cause = "poll_ok"
+        if after is before:
+            return None
+        return self._move(rec, before, after, cause, t)
+
+    def observe_models_body(self, node: str, t: float, body: object) -> Transition | None:
+        """A successful ``/models`` fetch with its JSON ``body`` (validated here).
+
+        An answer identical to the last one applied changes no model entry,
+        so only the poll itself is applied, without validating it again.
+        """
+        rec = self._node(node)
+        if rec.models_body is not None and body == rec.models_body:
+            return self._poll_ok(rec, t)
+        result = parse_models(body)
+        if isinstance(result, ModelsReport):
+            transition = self.observe_models(node, t, result)
+            rec.models_body = body
+            return transition
+        return self.observe_models(node, t, result)
+
+    def observe_health_body(self, node: str, t: float, body: object) -> None:
+        """A successful ``/health`` fetch with its JSON ``body`` (validated here)."""
+        rec = self._node(node)
+        if rec.health_body is not None and body == rec.health_body:
+            self._health_readings += 1
+            return
+        result = parse_health(body)
+        self.observe_health(node, t, result)
+        if not isinstance(result, Invalid):
+            rec.health_body = body
+
+    def _poll_ok(self, rec: _Node, t: float) -> Transition | None:
+        """A successful poll whose model map is already in place."""
+        self._polls_ok += 1
+        rec.failures = 0
+        rec.last_ok = t
+        before = rec.health
+        after = self._table.step(before, Event.POLL_OK)
+        if after is before:
+            return None
+        return self._move(rec, before, after, "poll_ok", t)
+
+    def _move(
+        self, rec: _Node, before: HealthState, after: HealthState, cause: str, t: float
+    ) -> Transition:
+        rec.health = after
+        routable = after.routable
+        if routable is not rec.routable:
+            rec.routable = routable
+            self._routable += 1 if routable else -1
+            self._cache.clear()
+        self._transitions += 1
+        return Transition(node=rec.name, from_=before, to=after, cause=cause, t=t)
+
+    def _replace_models(self, rec: _Node, report: ModelsReport) -> None:
+        old = rec.models
+        new: dict[str, _Entry] = {}
+        name = rec.name
+        invalidate = self._invalidate
+        for model, status in report.models.items():
+            entry = old.get(model)
+            if entry is None:
+                entry = _Entry(status)
+                self._holders.setdefault(model, {})[name] = rec
+                invalidate(model)
+            elif entry.status is not status:
+                entry.status = status
+                invalidate(model)
+            new[model] = entry
+        if len(new) != len(old) or new.keys() != old.keys():
+            for model in old:
+                if model not in new:
+                    self._drop_holder(model, name)
+                    invalidate(model)
+        rec.models = new
+
+    def _invalidate(self, model: str) -> None:
+        """Forget cached decisions for ``model`` (requested by its id or an alias)."""
+        cache = self._cache
+        if cache:
+            cache.pop(model, None)
+            for alias in self._aliases_of.get(model, ()):
+                cache.pop(alias, None)
+
+    def _drop_holder(self, model: str, name: str) -> None:
+        holders = self._holders[model]
+        del holders[name]
+        if not holders:
+            del self._holders[model]
+
+    def observe_health(self, node: str, t: float, result: Mapping[str, int] | Invalid) -> None:
+        """A ``/health`` answer: per-model ``in_flight + queue_depth``, replaced whole."""
+        rec = self._node(node)
+        if isinstance(result, Invalid):
+            self._health_invalid += 1
+            return
+        self._health_readings += 1
+        rec.health_body = None
+        old = rec.busy
+        new = dict(result)
+        if new != old:
+            for model in old.keys() | new.keys():
+                if old.get(model, 0) != new.get(model, 0):
+                    self._invalidate(model)
+        rec.busy = new
+
+    def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
+        """The outcome of a cold load: on success the entry is ``loaded`` at once."""
+        if not ok:
+            self._node(node)
+            return
+        rec = self._node(node)
+        rec.models_body = None  # the model map no longer matches the last answer
+        entry = rec.models.get(model)
+        if entry is None:
+            rec.models[model] = _Entry(ModelStatus.LOADED)
+            self._holders.setdefault(model, {})[rec.name] = rec
+        else:
+            entry.status = ModelStatus.LOADED
+        self._invalidate(model)
+
+    def observe_unload(self, node: str, t: float, model: str, ok: bool) -> None:
+        """The outcome of an unload: on success an existing entry becomes ``unloaded``."""
+        rec = self._node(node)
+        entry = rec.models.get(model)
+        if ok and entry is not None:
+            rec.models_body = None  # the model map no longer matches the last answer
+            entry.status = ModelStatus.UNLOADED
+            self._invalidate(model)
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    def decide(self, requested: str) -> Decision:
+        """The decision for ``requested`` on the current state. Changes nothing visible."""
+        decision = self._cache.get(requested)
+        if decision is None:
+            decision = decide(self, self.catalogue, requested)
+            cache = self._cache
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[requested] = decision
+        return decision
+
+    def route(self, requested: str, t: float) -> Decision:
+        """Decide, count the decision, and touch the chosen entry's ``last_accessed``."""
+        decision = self._cache.get(requested)
+        if decision is None:
+            decision = decide(self, self.catalogue, requested)
+            cache = self._cache
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[requested] = decision
+        self._decisions[decision.rule] += 1  # by rule: a str, cheap to hash
+        if decision.node is not None:
+            entry = self._nodes[decision.node].models.get(decision.model)
+            if entry is not None:
+                entry.last_accessed = t
+        return decision
+
+    def eviction_candidate(self, node: str) -> str | None:
+        """LRU eviction on ``node`` (semantics §5): the loaded, unpinned model
+        accessed longest ago (never-accessed first; ties by id), or None."""
+        rec = self._node(node)
+        best: tuple[bool, float, str] | None = None
+        for model, entry in rec.models.items():
+            if entry.status is not ModelStatus.LOADED:
+                continue
+            profile = self.catalogue.profiles.get(model)
+            if profile is not None and rec.name in profile.pinned_on:
+                continue
+            last = entry.last_accessed
+            key = (last is not None, last if last is not None else 0.0, model)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(self._nodes)
+
+    def state(self, node: str) -> HealthState:
+        return self._node(node).health
+
+    def states(self) -> dict[str, HealthState]:
+        return {name: rec.health for name, rec in self._nodes.items()}
+
+    def status(self, node: str) -> NodeStatus:
+        rec = self._node(node)
+        return NodeStatus(
+            name=rec.name,
+            endpoint=rec.endpoint,
+            state=rec.health,
+            consecutive_failures=rec.failures,
+            last_ok=rec.last_ok,
+            last_failure=rec.last_failure,
+            models=_freeze_models(rec.models),
+        )
+
+    def discovery(self, node: str) -> Discovery | None:
+        return self._node(node).discovery
+
+    def snapshot(self) -> FleetSnapshot:
+        """The whole fleet as frozen values (for checks, displays and the pure decide)."""
+        return FleetSnapshot(
+            nodes=tuple(
+                NodeSnapshot(
+                    name=rec.name,
+                    health=rec.health,
+                    discovery=rec.discovery,
+                    models=_freeze_models(rec.models),
+                    busy=rec.busy,
+                )
+                for rec in self._nodes.values()
+            )
+        )
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            polls_ok=self._polls_ok,
+            polls_failed=self._polls_failed,
+            discoveries=self._discoveries,
+            discoveries_ignored=self._discoveries_ignored,
+            health_readings=self._health_readings,
+            health_invalid=self._health_invalid,
+            transitions=self._transitions,
+            decisions=dict(
+                sorted((RULE_OUTCOME[rule].value, n) for rule, n in self._decisions.items())
+            ),
+            states={name: rec.health.label for name, rec in sorted(self._nodes.items())},
+        )
+
+
+def _freeze_models(models: Mapping[str, _Entry]) -> dict[str, ModelEntry]:
+    return {
+        m: ModelEntry(status=e.status, last_accessed=e.last_accessed)
+        for m, e in sorted(models.items())
+    }

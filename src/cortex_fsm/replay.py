@@ -1,0 +1,401 @@
+"""Trace replay: rerun what a gateway saw, under its policy or another one.
+
+:func:`apply_event` is the one mapping from a trace event to an engine
+observation. The gateway records the events it applies through the same
+function, so replaying its recording reproduces its decisions exactly.
+
+:class:`Replayer` feeds events to an engine and keeps what a summary needs:
+counts per outcome and status, and per node its transitions and the time it
+spent in each state (from the trace's first event to its last).
+:func:`replay` and :func:`compare` drive one or two replayers over a file;
+comparing runs both policies in lock-step over a single read of the trace.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any
+
+import attrs
+
+from .engine import Engine, Transition
+from .errors import Outcome
+from .fleet import PollFailure
+from .policy import Policy
+from .routing import Decision
+from .trace import Event, TraceHeader, TraceReader, decision_line, event_json
+from .wire import Invalid, parse_discovery
+
+__all__ = [
+    "Comparison",
+    "Difference",
+    "NodeSummary",
+    "Replayer",
+    "Summary",
+    "apply_event",
+    "apply_record",
+    "compare",
+    "render_comparison",
+    "render_summary",
+    "replay",
+]
+
+
+# Each function applies one validated trace record (see TraceReader.records).
+
+
+def _discovery(engine: Engine, f: Mapping[str, Any]) -> None:
+    result = parse_discovery(f["body"]) if f["ok"] else Invalid(reason="fetch failed")
+    engine.observe_discovery(f["node"], f["t"], result)
+
+
+def _models(engine: Engine, f: Mapping[str, Any]) -> Transition | None:
+    if f["ok"]:
+        return engine.observe_models_body(f["node"], f["t"], f["body"])
+    return engine.observe_models(
+        f["node"], f["t"], PollFailure(reason=f.get("error") or "unspecified")
+    )
+
+
+def _health(engine: Engine, f: Mapping[str, Any]) -> None:
+    if f["ok"]:
+        engine.observe_health_body(f["node"], f["t"], f["body"])
+    else:
+        engine.observe_health(f["node"], f["t"], Invalid(reason="fetch failed"))
+
+
+def _load(engine: Engine, f: Mapping[str, Any]) -> None:
+    engine.observe_load(f["node"], f["t"], f["model"], f["ok"])
+
+
+def _unload(engine: Engine, f: Mapping[str, Any]) -> None:
+    engine.observe_unload(f["node"], f["t"], f["model"], f["ok"])
+
+
+def _request(engine: Engine, f: Mapping[str, Any]) -> Decision:
+    return engine.route(f["model"], f["t"])
+
+
+_APPLY: dict[str, Callable[[Engine, Mapping[str, Any]], Decision | Transition | None]] = {
+    "discovery": _discovery,
+    "models": _models,
+    "health": _health,
+    "load": _load,
+    "unload": _unload,
+    "request": _request,
+}
+
+
+def apply_record(
+    engine: Engine, kind: str, fields: Mapping[str, Any]
+) -> Decision | Transition | None:
+    """Apply one validated trace record: a request gives its Decision, a poll may
+    give a Transition. This is the only mapping from trace events to observations."""
+    return _APPLY[kind](engine, fields)
+
+
+def apply_event(engine: Engine, event: Event) -> Decision | Transition | None:
+    """Apply one typed trace event (as the gateway does before recording it)."""
+    fields = event_json(event)
+    return _APPLY[str(fields["kind"])](engine, fields)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NodeSummary:
+    name: str
+    transitions: int
+    final: str
+    time_in: dict[str, float]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Summary:
+    policy: Policy
+    events: int
+    requests: int
+    t_start: float | None
+    t_end: float | None
+    outcomes: dict[str, int]
+    statuses: dict[int, int]
+    nodes: tuple[NodeSummary, ...]
+
+
+class Replayer:
+    """One engine fed trace records, with the bookkeeping for a summary.
+
+    Only transitions cost bookkeeping here (time spent per state); outcome
+    counts come from the engine's statistics, times and event counts from
+    the reader, so the per-request path stays as short as the engine's.
+    """
+
+    def __init__(self, header: TraceHeader, policy: Policy) -> None:
+        self.policy = policy
+        self.engine = Engine(header.neurons, header.catalogue, policy)
+        self.t_start: float | None = None
+        self._since: dict[str, float] = {}
+        self._label = dict.fromkeys(self.engine.node_names, "unknown")
+        self._time_in: dict[str, dict[str, float]] = {n: {} for n in self.engine.node_names}
+        self._transitions = dict.fromkeys(self.engine.node_names, 0)
+        self.transitions: list[Transition] | None = None  # set to a list to keep them
+
+    def run(
+        self,
+        records: Iterable[tuple[str, Mapping[str, Any]]],
+        write: Callable[[str], object] | None,
+    ) -> None:
+        """Apply every record; write each decision line with ``write`` (if given).
+
+        The hot loop of replay: requests go straight to ``Engine.route``.
+        """
+        it = iter(records)
+        first = next(it, None)
+        if first is None:
+            return
+        if self.t_start is None:
+            self.t_start = first[1]["t"]
+        route = self.engine.route
+        engine = self.engine
+        apply = _APPLY
+        transition = self._transition
+        for kind, f in itertools.chain((first,), it):
+            if kind == "request":
+                decision = route(f["model"], f["t"])
+                if write is not None:
+                    write(decision_line(decision, f["id"], f["t"]))
+            else:
+                result = apply[kind](engine, f)
+                if result is not None:
+                    transition(result)  # type: ignore[arg-type]
+
+    def feed(self, kind: str, fields: Mapping[str, Any]) -> Decision | None:
+        """Apply one record; returns the decision when it is a request."""
+        if self.t_start is None:
+            self.t_start = fields["t"]
+        result = _APPLY[kind](self.engine, fields)
+        if result is None or type(result) is Decision:
+            return result
+        assert isinstance(result, Transition)
+        self._transition(result)
+        return None
+
+    def _transition(self, tr: Transition) -> None:
+        node = tr.node
+        spent = self._time_in[node]
+        label = self._label[node]
+        since = self._since.get(node, self.t_start)
+        assert since is not None
+        spent[label] = spent.get(label, 0.0) + (tr.t - since)
+        self._since[node] = tr.t
+        self._label[node] = tr.to.label
+        self._transitions[node] += 1
+        if self.transitions is not None:
+            self.transitions.append(tr)
+
+    def summary(self, *, events: int, t_end: float | None) -> Summary:
+        nodes = []
+        for name in sorted(self._label):
+            time_in = dict(self._time_in[name])
+            label = self._label[name]
+            since = self._since.get(name, self.t_start)
+            if t_end is not None and since is not None:
+                time_in[label] = time_in.get(label, 0.0) + (t_end - since)
+            nodes.append(
+                NodeSummary(
+                    name=name,
+                    transitions=self._transitions[name],
+                    final=label,
+                    time_in=time_in,
+                )
+            )
+        outcomes = self.engine.statistics().decisions
+        statuses: dict[int, int] = {}
+        for outcome, n in outcomes.items():
+            status = Outcome(outcome).status
+            statuses[status] = statuses.get(status, 0) + n
+        return Summary(
+            policy=self.policy,
+            events=events,
+            requests=sum(outcomes.values()),
+            t_start=self.t_start,
+            t_end=t_end,
+            outcomes=dict(sorted(outcomes.items())),
+            statuses=dict(sorted(statuses.items())),
+            nodes=tuple(nodes),
+        )
+
+
+def replay(
+    path: str,
+    *,
+    overrides: Sequence[str] = (),
+    out: IO[str] | None = None,
+) -> Summary:
+    """Replay ``path``; write decision lines to ``out`` (if given); return the summary.
+
+    ``overrides`` are ``KEY=VALUE`` policy changes on top of the header's policy.
+    Raises :class:`~cortex_fsm.errors.TraceError` / ``ConfigError`` on bad input.
+    """
+    with TraceReader(path) as trace:
+        policy = trace.header.policy.with_assignments(overrides, where="--set")
+        replayer = Replayer(trace.header, policy)
+        replayer.run(trace.records(), None if out is None else out.write)
+        return replayer.summary(events=trace.events, t_end=trace.last_t)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Difference:
+    """A request told different things under the two policies."""
+
+    id: str
+    t: float
+    model: str
+    base: Decision
+    other: Decision
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Comparison:
+    base: Summary
+    other: Summary
+    differences: tuple[Difference, ...]
+    differing: int  # may exceed len(differences) when the list was capped
+
+
+def compare(
+    path: str,
+    other: Sequence[str],
+    *,
+    overrides: Sequence[str] = (),
+    out: IO[str] | None = None,
+    keep: int = 1000,
+) -> Comparison:
+    """Replay ``path`` under the base policy (header + ``overrides``) and under
+    the base policy changed by ``other``; list requests whose outcome or node differ.
+    Decision lines of the base run go to ``out`` if given."""
+    with TraceReader(path) as trace:
+        base_policy = trace.header.policy.with_assignments(overrides, where="--set")
+        other_policy = base_policy.with_assignments(other, where="--compare")
+        a = Replayer(trace.header, base_policy)
+        b = Replayer(trace.header, other_policy)
+        diffs: list[Difference] = []
+        differing = 0
+        for kind, fields in trace.records():
+            da = a.feed(kind, fields)
+            db = b.feed(kind, fields)
+            if da is None or db is None:
+                continue
+            if out is not None:
+                out.write(decision_line(da, fields["id"], fields["t"]))
+            if (da.outcome, da.node) != (db.outcome, db.node):
+                differing += 1
+                if len(diffs) < keep:
+                    diffs.append(
+                        Difference(
+                            id=fields["id"], t=fields["t"], model=fields["model"], base=da, other=db
+                        )
+                    )
+        events, t_end = trace.events, trace.last_t
+    return Comparison(
+        base=a.summary(events=events, t_end=t_end),
+        other=b.summary(events=events, t_end=t_end),
+        differences=tuple(diffs),
+        differing=differing,
+    )
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _summary_rows(s: Summary) -> list[tuple[str, str, str]]:
+    """(key, label, value) rows of a summary; keys are unique, so two summaries
+    can be shown side by side."""
+    rows: list[tuple[str, str, str]] = [
+        ("policy", "policy", s.policy.describe()),
+        ("events", "events", str(s.events)),
+        ("requests", "requests", str(s.requests)),
+    ]
+    for outcome, n in s.outcomes.items():
+        rows.append((f"outcome/{outcome}", f"  {outcome}", str(n)))
+    for status in (200, 404, 503):
+        rows.append((f"status/{status}", f"  status {status}", str(s.statuses.get(status, 0))))
+    for node in s.nodes:
+        rows.append(
+            (
+                f"node/{node.name}",
+                f"node {node.name}",
+                f"final {node.final}, {node.transitions} transitions",
+            )
+        )
+        for label, seconds in sorted(node.time_in.items(), key=lambda kv: _state_order(kv[0])):
+            rows.append((f"node/{node.name}/{label}", f"  in {label}", _fmt_time(seconds)))
+    return rows
+
+
+def _state_order(label: str) -> tuple[int, int]:
+    if label.startswith("suspect("):
+        return (2, int(label[8:-1]))
+    return ({"unknown": 0, "healthy": 1, "unhealthy": 3}.get(label, 4), 0)
+
+
+def render_summary(s: Summary, *, source: str = "") -> str:
+    span = "" if s.t_start is None else f" (t {s.t_start:g} .. {s.t_end:g})"
+    lines = [f"summary of {source}{span}"] if source else [f"summary{span}"]
+    rows = _summary_rows(s)
+    width = max(len(label) for _, label, _ in rows)
+    lines += [f"  {label:<{width}}  {value}" for _, label, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _describe(d: Decision) -> str:
+    if d.node is not None:
+        return f"{d.outcome.value} -> {d.node}"
+    retry = f", retry {d.retry_after}s" if d.retry_after is not None else ""
+    return f"{d.outcome.value} ({d.status}{retry})"
+
+
+def render_comparison(c: Comparison, *, source: str = "") -> str:
+    a, b = c.base.policy.describe(), c.other.policy.describe()
+    out = [f"comparing {source}" if source else "comparing", f"  A: {a}", f"  B: {b}", ""]
+    out.append(f"{c.differing} of {c.base.requests} requests differ")
+    if c.differences:
+        w_id = max(len(d.id) for d in c.differences)
+        w_model = max(len(d.model) for d in c.differences)
+        w_a = max(len(_describe(d.base)) for d in c.differences)
+        out.append(f"  {'id':<{w_id}}  {'t':>8}  {'model':<{w_model}}  {'A':<{w_a}}  B")
+        for d in c.differences:
+            out.append(
+                f"  {d.id:<{w_id}}  {d.t:>8g}  {d.model:<{w_model}}  "
+                f"{_describe(d.base):<{w_a}}  {_describe(d.other)}"
+            )
+        if c.differing > len(c.differences):
+            out.append(f"  ... and {c.differing - len(c.differences)} more")
+    out.append("")
+    rows_a, rows_b = _summary_rows(c.base), _summary_rows(c.other)
+    keys = _merge_keys([k for k, _, _ in rows_a], [k for k, _, _ in rows_b])
+    labels = {k: label for k, label, _ in [*rows_a, *rows_b]}
+    va = {k: v for k, _, v in rows_a}
+    vb = {k: v for k, _, v in rows_b}
+    keys.remove("policy")
+    width = max(len(labels[k]) for k in keys)
+    col = max(len(va.get(k, "-")) for k in keys)
+    out.append(f"  {'':<{width}}  {'A':<{col}}  B")
+    for k in keys:
+        out.append(f"  {labels[k]:<{width}}  {va.get(k, '-'):<{col}}  {vb.get(k, '-')}")
+    return "\n".join(out) + "\n"
+
+
+def _merge_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
+    """Both key lists in one order: A's order, B-only keys after their predecessor."""
+    merged = list(a)
+    b_list = list(b)
+    for i, key in enumerate(b_list):
+        if key not in merged:
+            prev = b_list[i - 1] if i else None
+            pos = merged.index(prev) + 1 if prev in merged else len(merged)
+            merged.insert(pos, key)
+    return merged

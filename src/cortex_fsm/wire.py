@@ -1,0 +1,144 @@
+"""Validation of neuron JSON (semantics §1) into typed values.
+
+Nothing here raises on bad input. A ``/models`` answer becomes either a
+:class:`~cortex_fsm.fleet.ModelsReport` (a successful poll) or a
+:class:`~cortex_fsm.fleet.PollFailure` carrying the reason; ``/discovery``
+and ``/health`` answers become a value or :class:`Invalid` (which the engine
+ignores: a bad discovery or health answer never changes health).
+
+The checks are exactly the spec's and no more, because every extra check
+would turn a neuron the reference accepts into a failed poll:
+
+* ``/models``: an array of objects, each with a string ``id`` and a string
+  ``status``; unknown status strings read as ``loaded``; a repeated id: the
+  later entry wins.
+* ``/discovery``: an object whose ``devices`` is a list of objects, each with
+  integer ``index`` and ``vram_total_mb``. ``max_prompt_tokens`` that is not a
+  non-negative integer reads as absent (so discovery is fetched again).
+* ``/health``: an object whose ``models``, if present, is a list of objects
+  with a string ``id`` and non-negative integer ``in_flight`` and
+  ``queue_depth``.
+
+JSON integers only: ``true`` is not 1 and ``1.0`` is not 1.
+"""
+
+from __future__ import annotations
+
+from typing import TypeGuard
+
+import attrs
+
+from .fleet import Device, Discovery, ModelsReport, ModelStatus, PollFailure
+
+__all__ = ["Invalid", "parse_discovery", "parse_health", "parse_models"]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Invalid:
+    """A ``/discovery`` or ``/health`` answer that failed validation."""
+
+    reason: str
+
+
+# ModelStatus.parse, inlined for the hot path: unknown strings read as loaded.
+_status_get = {s.value: s for s in ModelStatus}.get
+_LOADED = ModelStatus.LOADED
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return type(value) is int
+
+
+def parse_models(body: object) -> ModelsReport | PollFailure:
+    """A ``/models`` body: a successful poll, or a poll failure with the reason."""
+    if type(body) is not list:
+        return PollFailure(reason=f"invalid /models body: expected an array, got {_describe(body)}")
+    seen: dict[str, ModelStatus] = {}
+    for i, item in enumerate(body):
+        if type(item) is not dict:
+            return PollFailure(
+                reason=f"invalid /models body: [{i}] is {_describe(item)}, not an object"
+            )
+        model_id = item.get("id")
+        status = item.get("status")
+        if type(model_id) is not str:
+            return PollFailure(reason=f"invalid /models body: [{i}].id is not a string")
+        if type(status) is not str:
+            return PollFailure(reason=f"invalid /models body: [{i}].status is not a string")
+        seen[model_id] = _status_get(status, _LOADED)
+    return ModelsReport(models=seen)
+
+
+def parse_discovery(body: object) -> Discovery | Invalid:
+    """A ``/discovery`` body: the topology to cache, or :class:`Invalid`."""
+    if type(body) is not dict:
+        return Invalid(reason=f"invalid /discovery body: expected an object, got {_describe(body)}")
+    raw_devices = body.get("devices")
+    if type(raw_devices) is not list:
+        return Invalid(reason="invalid /discovery body: devices is not a list")
+    devices = []
+    for i, d in enumerate(raw_devices):
+        if type(d) is not dict:
+            return Invalid(reason=f"invalid /discovery body: devices[{i}] is not an object")
+        index = d.get("index")
+        vram = d.get("vram_total_mb")
+        if not _is_int(index) or not _is_int(vram):
+            return Invalid(
+                reason=f"invalid /discovery body: devices[{i}] needs integer index and "
+                "vram_total_mb"
+            )
+        name = d.get("name")
+        devices.append(
+            Device(index=index, vram_total_mb=vram, name=name if isinstance(name, str) else "")
+        )
+    mpt = body.get("max_prompt_tokens")
+    hostname = body.get("hostname")
+    return Discovery(
+        devices=tuple(devices),
+        max_prompt_tokens=mpt if _is_int(mpt) and mpt > 0 else 0,
+        hostname=hostname if isinstance(hostname, str) else "",
+    )
+
+
+def parse_health(body: object) -> dict[str, int] | Invalid:
+    """A ``/health`` body: ``in_flight + queue_depth`` per model, or :class:`Invalid`."""
+    if type(body) is not dict:
+        return Invalid(reason=f"invalid /health body: expected an object, got {_describe(body)}")
+    models = body.get("models")
+    if models is None:
+        return {}
+    if type(models) is not list:
+        return Invalid(reason="invalid /health body: models is not a list")
+    busy: dict[str, int] = {}
+    for i, m in enumerate(models):
+        if type(m) is not dict:
+            return Invalid(reason=f"invalid /health body: models[{i}] is not an object")
+        model_id = m.get("id")
+        in_flight = m.get("in_flight")
+        queue = m.get("queue_depth")
+        if type(model_id) is not str:
+            return Invalid(reason=f"invalid /health body: models[{i}].id is not a string")
+        # type() is int, not isinstance: JSON true/false must not count as 1/0
+        if not (type(in_flight) is int and type(queue) is int and in_flight >= 0 and queue >= 0):
+            return Invalid(
+                reason=f"invalid /health body: models[{i}] needs non-negative integer "
+                "in_flight and queue_depth"
+            )
+        busy[model_id] = in_flight + queue
+    return busy
