@@ -325,6 +325,8 @@ class TraceReader:
                 kind = obj.get("kind")
                 t = obj.get("t")
                 try:
+                    if type(kind) is not str or kind not in check:
+                        raise _Bad(_bad_kind(kind))
                     # Fast path: a float, finite (t - t is 0.0 unless inf/nan), not backwards.
                     if type(t) is not float or t < self._last_t or t - t != 0.0:
                         t = obj["t"] = self._time(obj, kind)
@@ -335,8 +337,6 @@ class TraceReader:
                             self._check_request(obj)  # raises with the reason
                         ids.add(rid)  # type: ignore[arg-type]
                     else:
-                        if type(kind) is not str or kind not in check:
-                            raise _Bad(_bad_kind(kind))
                         node = obj.get("node")
                         if type(node) is not str or node not in neurons:
                             node = _str(obj, "node", kind)
@@ -360,10 +360,9 @@ class TraceReader:
             raise self._error(f"unreadable data ({type(exc).__name__}: {exc})") from None
         self.line = line
 
-    def _time(self, obj: Mapping[str, Any], kind: object) -> float:
+    def _time(self, obj: Mapping[str, Any], label: str) -> float:
         """The slow path for ``t``: convert an integer, or explain what is wrong."""
-        label = kind if isinstance(kind, str) and kind in _CHECKS else "event"
-        t = _field(obj, "t", str(label))
+        t = _field(obj, "t", label)
         if type(t) is not float:
             if type(t) is not int:
                 raise _Bad(f"{label} event: field 't' must be a number, got {_kind_name(t)}")
