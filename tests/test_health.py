@@ -59,6 +59,7 @@ def test_expanded_table_is_step(threshold: int) -> None:
     for state, event, target in table.rows():
         assert target == step(state, event, threshold)
         assert table.step(state, event) is target  # interned
+        assert table.on[event][state] is target
         assert target in table.states
 
 

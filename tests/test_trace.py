@@ -51,7 +51,7 @@ def test_reads_header_and_typed_events(tmp_path: Path) -> None:
         {"kind": "load", "t": 3, "node": "a", "model": "m", "ok": True},
         {"kind": "unload", "t": 3, "node": "a", "model": "m", "ok": False},
         "   ",
-        {"kind": "request", "t": 4.5, "id": "r1", "model": "m", "user": "ignored"},
+        '  {"kind": "request", "t": 4.5, "id": "r1", "model": "m", "user": "ignored"}\t ',
     )
     with TraceReader(path) as trace:
         assert trace.header.policy.failure_threshold == 2
@@ -80,6 +80,8 @@ def test_gzip_traces(tmp_path: Path) -> None:
 
 LINE2 = [
     ("{not json", "not valid JSON: Expecting property name"),
+    ('{"kind": "request", "t": 0, "id": "r", "model": "m"}x', "not valid JSON: Extra data"),
+    ('{"kind": "request", "t": 0, "id": "r", "model": "m"} {}', "not valid JSON: Extra data"),
     ("[1, 2]", "expected a JSON object, got an array"),
     ('"text"', "expected a JSON object, got a string"),
     ({"t": 0}, "missing field 'kind'"),

@@ -159,6 +159,8 @@ class Engine:
         self.catalogue = catalogue if catalogue is not None else Catalogue()
         self.policy = policy if policy is not None else Policy()
         self._table = HealthTable(self.policy.failure_threshold)
+        self._after_ok = self._table.on[Event.POLL_OK]
+        self._after_failed = self._table.on[Event.POLL_FAILED]
         self._nodes: dict[str, _Node] = {}
         for neuron in neurons:
             if neuron.name in self._nodes:
@@ -236,7 +238,7 @@ class Engine:
             self._polls_failed += 1
             rec.failures += 1
             rec.last_failure = result.reason
-            after = self._table.step(before, Event.POLL_FAILED)
+            after = self._after_failed[before]
             cause = f"poll_failed: {result.reason}"
         else:
             self._polls_ok += 1
@@ -244,7 +246,7 @@ class Engine:
             rec.last_ok = t
             rec.models_body = None  # set again by observe_models_body when it applies
             self._replace_models(rec, result)
-            after = self._table.step(before, Event.POLL_OK)
+            after = self._after_ok[before]
             cause = "poll_ok"
         if after is before:
             return None
@@ -273,9 +275,12 @@ class Engine:
             self._health_readings += 1
             return
         result = parse_health(body)
-        self.observe_health(node, t, result)
-        if not isinstance(result, Invalid):
+        if type(result) is dict:
+            self._health_readings += 1
+            self._replace_busy(rec, result)
             rec.health_body = body
+        else:
+            self._health_invalid += 1
 
     def _poll_ok(self, rec: _Node, t: float) -> Transition | None:
         """A successful poll whose model map is already in place."""
@@ -283,7 +288,7 @@ class Engine:
         rec.failures = 0
         rec.last_ok = t
         before = rec.health
-        after = self._table.step(before, Event.POLL_OK)
+        after = self._after_ok[before]
         if after is before:
             return None
         return self._move(rec, before, after, "poll_ok", t)
@@ -344,12 +349,18 @@ class Engine:
             return
         self._health_readings += 1
         rec.health_body = None
+        self._replace_busy(rec, dict(result))
+
+    def _replace_busy(self, rec: _Node, new: dict[str, int]) -> None:
         old = rec.busy
-        new = dict(result)
-        if new != old:
-            for model in old.keys() | new.keys():
-                if old.get(model, 0) != new.get(model, 0):
-                    self._invalidate(model)
+        if new != old:  # no reading counts as 0, so compare per model with that default
+            invalidate = self._invalidate
+            for model, busy in new.items():
+                if old.get(model, 0) != busy:
+                    invalidate(model)
+            for model, busy in old.items():
+                if busy and model not in new:
+                    invalidate(model)
         rec.busy = new
 
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:

@@ -252,7 +252,7 @@ class HealthTable:
     same objects, which keeps comparisons and hashing cheap.
     """
 
-    __slots__ = ("_next", "states", "threshold")
+    __slots__ = ("_next", "on", "states", "threshold")
 
     def __init__(self, threshold: int) -> None:
         self.threshold = validate_threshold(threshold)
@@ -265,6 +265,10 @@ class HealthTable:
                 if target not in interned:
                     raise HealthTableError(f"{state.label} on {event.label} leaves the machine")
                 self._next[state, event] = interned[target]
+        #: the same table split by event: ``on[event][state]`` -> next state
+        self.on: dict[Event, dict[HealthState, HealthState]] = {
+            event: {s: self._next[s, event] for s in self.states} for event in Event
+        }
 
     def step(self, state: HealthState, event: Event) -> HealthState:
         try:

@@ -300,25 +300,33 @@ class TraceReader:
 
         ``fields`` is the parsed line with ``t`` as a float; every field the
         kind needs is present and of the right type, and ``node`` names a
-        neuron of the header. When iteration ends, ``line`` is the number of
-        lines read.
+        neuron of the header. ``line``, ``events`` and ``last_t`` are brought
+        up to date when iteration stops (the loop keeps them in locals).
         """
         check = _CHECKS
         neurons = self._neurons
         ids = self._request_ids
-        loads = json.loads
+        decode = _raw_decode
         line = self.line
-        events = 0
+        events = self.events
+        last_t = self._last_t
         try:
             for raw in self._fh:
                 line += 1
                 try:
-                    obj = loads(raw.decode())
+                    # JSONDecoder.raw_decode: json.loads without its Python-level
+                    # wrapper; anything unusual (blank line, surrounding spaces,
+                    # trailing data, bad JSON) takes the json.loads path below.
+                    text = raw.decode()
+                    obj, end = decode(text)
+                    n = len(text)
+                    if end != n and (end != n - 1 or text[end] != "\n"):
+                        raise ValueError("more than one JSON value")
                 except ValueError:
                     if not raw.strip():
                         continue  # blank lines are allowed
                     self.line = line
-                    obj = self._parse(raw)  # raises with the reason
+                    obj = self._parse(raw)  # json.loads: the value, or an error with the reason
                 if type(obj) is not dict:
                     self.line = line
                     raise self._error(f"expected a JSON object, got {_kind_name(obj)}")
@@ -328,9 +336,9 @@ class TraceReader:
                     if type(kind) is not str or kind not in check:
                         raise _Bad(_bad_kind(kind))
                     # Fast path: a float, finite (t - t is 0.0 unless inf/nan), not backwards.
-                    if type(t) is not float or t < self._last_t or t - t != 0.0:
-                        t = obj["t"] = self._time(obj, kind)
-                    self._last_t = t
+                    if type(t) is not float or t < last_t or t - t != 0.0:
+                        t = obj["t"] = _time(obj, kind, last_t)
+                    last_t = t
                     if kind == "request":  # the most common kind, checked inline
                         rid = obj.get("id")
                         if type(rid) is not str or type(obj.get("model")) is not str or rid in ids:
@@ -352,29 +360,17 @@ class TraceReader:
                     self.line = line
                     raise self._error(str(exc)) from None
                 events += 1
-                self.events = events
                 yield kind, obj
         except (OSError, EOFError, zlib.error) as exc:
             # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
-            self.line = line + 1
-            raise self._error(f"unreadable data ({type(exc).__name__}: {exc})") from None
-        self.line = line
+            line += 1
+            raise self._error_at(line, f"unreadable data ({type(exc).__name__}: {exc})") from None
+        finally:
+            self.line, self.events, self._last_t = line, events, last_t
 
-    def _time(self, obj: Mapping[str, Any], label: str) -> float:
-        """The slow path for ``t``: convert an integer, or explain what is wrong."""
-        t = _field(obj, "t", label)
-        if type(t) is not float:
-            if type(t) is not int:
-                raise _Bad(f"{label} event: field 't' must be a number, got {_kind_name(t)}")
-            try:
-                t = float(t)
-            except OverflowError:
-                raise _Bad(f"{label} event: field 't' is out of range") from None
-        if not math.isfinite(t):
-            raise _Bad(f"{label} event: field 't' must be finite, got {t}")
-        if t < self._last_t:
-            raise _Bad(f"{label} event: t goes backwards ({t!r} after {self._last_t!r})")
-        return t
+    def _error_at(self, line: int, problem: str) -> TraceError:
+        self.line = line
+        return self._error(problem)
 
     def _check_request(self, obj: Mapping[str, Any]) -> None:
         rid = obj.get("id")
@@ -413,6 +409,26 @@ class TraceReader:
 
 
 _LIFECYCLE = frozenset({"load", "unload"})
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _time(obj: Mapping[str, Any], label: str, last_t: float) -> float:
+    """The slow path for ``t``: convert an integer, or explain what is wrong."""
+    t = _field(obj, "t", label)
+    if type(t) is not float:
+        if type(t) is not int:
+            raise _Bad(f"{label} event: field 't' must be a number, got {_kind_name(t)}")
+        try:
+            t = float(t)
+        except OverflowError:
+            raise _Bad(f"{label} event: field 't' is out of range") from None
+    if not math.isfinite(t):
+        raise _Bad(f"{label} event: field 't' must be finite, got {t}")
+    if t < last_t:
+        raise _Bad(f"{label} event: t goes backwards ({t!r} after {last_t!r})")
+    return t
 
 
 def _bad_kind(kind: object) -> str:

@@ -116,6 +116,22 @@ def parse_discovery(body: object) -> Discovery | Invalid:
     )
 
 
+def _health_problem(models: list[object]) -> str:
+    """Why a ``/health`` models list is invalid (the slow path, for the message)."""
+    for i, m in enumerate(models):
+        if type(m) is not dict:
+            return f"invalid /health body: models[{i}] is not an object"
+        if type(m.get("id")) is not str:
+            return f"invalid /health body: models[{i}].id is not a string"
+        in_flight, queue = m.get("in_flight"), m.get("queue_depth")
+        if not (_is_int(in_flight) and _is_int(queue) and in_flight >= 0 and queue >= 0):
+            return (
+                f"invalid /health body: models[{i}] needs non-negative integer "
+                "in_flight and queue_depth"
+            )
+    return "invalid /health body"  # pragma: no cover - only called for an invalid list
+
+
 def parse_health(body: object) -> dict[str, int] | Invalid:
     """A ``/health`` body: ``in_flight + queue_depth`` per model, or :class:`Invalid`."""
     if type(body) is not dict:
@@ -126,19 +142,20 @@ def parse_health(body: object) -> dict[str, int] | Invalid:
     if type(models) is not list:
         return Invalid(reason="invalid /health body: models is not a list")
     busy: dict[str, int] = {}
-    for i, m in enumerate(models):
-        if type(m) is not dict:
-            return Invalid(reason=f"invalid /health body: models[{i}] is not an object")
-        model_id = m.get("id")
-        in_flight = m.get("in_flight")
-        queue = m.get("queue_depth")
-        if type(model_id) is not str:
-            return Invalid(reason=f"invalid /health body: models[{i}].id is not a string")
-        # type() is int, not isinstance: JSON true/false must not count as 1/0
-        if not (type(in_flight) is int and type(queue) is int and in_flight >= 0 and queue >= 0):
-            return Invalid(
-                reason=f"invalid /health body: models[{i}] needs non-negative integer "
-                "in_flight and queue_depth"
-            )
-        busy[model_id] = in_flight + queue
+    for m in models:
+        if type(m) is dict:
+            model_id = m.get("id")
+            in_flight = m.get("in_flight")
+            queue = m.get("queue_depth")
+            # type() is int, not isinstance: JSON true/false must not count as 1/0
+            if (
+                type(model_id) is str
+                and type(in_flight) is int
+                and type(queue) is int
+                and in_flight >= 0
+                and queue >= 0
+            ):
+                busy[model_id] = in_flight + queue
+                continue
+        return Invalid(reason=_health_problem(models))
     return busy

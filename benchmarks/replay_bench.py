@@ -1,0 +1,167 @@
+"""Replay throughput and decide() latency.
+
+(a) Generates synthetic traces of >= 1M events (fleets of 3 and of 300 nodes,
+    mixed polls and requests; see synthetic.py) and reports replay
+    throughput as a ratio to the throughput of merely parsing the same lines
+    with the stdlib ``json`` module, in the same run. Two parse baselines are
+    timed: ``json.loads`` on text-mode lines (the faster) and on binary
+    lines; the ratio quoted is against the faster one. A third, stricter
+    baseline times ``JSONDecoder.raw_decode`` per line -- the call the trace
+    reader itself makes -- so the cost of the engine alone can be read off.
+(b) Times ``routing.decide()`` alone -- the pure decision over the engine's
+    indexes, without the engine's per-name decision cache -- for fleets of
+    3, 30 and 300 nodes with the model loaded on 3 of them, and the
+    engine's cached ``Engine.decide()`` for comparison: median microseconds
+    per decision over repeated batches.
+
+Usage: python benchmarks/replay_bench.py [--events N] [--workdir DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import write_trace
+
+from cortex_fsm import Catalogue, Engine, Neuron, Profile
+from cortex_fsm.replay import replay
+from cortex_fsm.routing import decide
+from cortex_fsm.wire import parse_discovery, parse_health, parse_models
+
+
+def _parse_text(path: Path) -> float:
+    loads = json.loads
+    start = time.perf_counter()
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            loads(line)
+    return time.perf_counter() - start
+
+
+def _parse_binary(path: Path) -> float:
+    loads = json.loads
+    start = time.perf_counter()
+    with path.open("rb") as fh:
+        for line in fh:
+            loads(line)
+    return time.perf_counter() - start
+
+
+def _parse_raw_decode(path: Path) -> float:
+    """What the trace reader itself calls per line (JSONDecoder.raw_decode)."""
+    decode = json.JSONDecoder().raw_decode
+    start = time.perf_counter()
+    with path.open("rb") as fh:
+        for line in fh:
+            decode(line.decode())
+    return time.perf_counter() - start
+
+
+def _replay(path: Path) -> float:
+    start = time.perf_counter()
+    with open(os.devnull, "w") as out:
+        replay(str(path), out=out)
+    return time.perf_counter() - start
+
+
+def bench_replay(events: int, workdir: Path, rounds: int) -> list[str]:
+    rows = []
+    for nodes in (3, 300):
+        path = workdir / f"synthetic-{nodes}.jsonl"
+        if not path.exists():
+            write_trace(path, nodes, events)
+        lines = sum(1 for _ in path.open("rb"))
+        size = path.stat().st_size
+        text = min(_parse_text(path) for _ in range(rounds))
+        binary = min(_parse_binary(path) for _ in range(rounds))
+        raw = min(_parse_raw_decode(path) for _ in range(rounds))
+        rep = min(_replay(path) for _ in range(rounds))
+        rows.append(
+            f"| {nodes} | {lines:,} | {size / 1e6:.0f} MB | {lines / text / 1e3:,.0f}k | "
+            f"{lines / binary / 1e3:,.0f}k | {lines / raw / 1e3:,.0f}k | "
+            f"{lines / rep / 1e3:,.0f}k | **{text / rep:.2f}x** | {raw / rep:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _fleet(n: int) -> tuple[Engine, Catalogue]:
+    names = [f"n{i:03d}" for i in range(n)]
+    catalogue = Catalogue(profiles={"m": Profile(id="m")}, aliases={"alias": "m"})
+    engine = Engine([Neuron(name=x, endpoint="http://x") for x in names], catalogue)
+    holders = {0, n // 2, n - 1}
+    for i, name in enumerate(names):
+        engine.observe_discovery(
+            name, 0.0, parse_discovery({"devices": [{"index": 0, "vram_total_mb": 24000}]})
+        )
+        body = [{"id": "m" if i in holders else f"other-{i}", "status": "loaded"}]
+        engine.observe_models(name, 0.0, parse_models(body))
+        engine.observe_health(
+            name, 0.0, parse_health({"models": [{"id": "m", "in_flight": i % 3, "queue_depth": 0}]})
+        )
+    return engine, catalogue
+
+
+def _median_us(fn: object, batches: int, per_batch: int) -> float:
+    samples = []
+    for _ in range(batches):
+        start = time.perf_counter_ns()
+        for _ in range(per_batch):
+            fn("alias")  # type: ignore[operator]
+        samples.append((time.perf_counter_ns() - start) / per_batch / 1000)
+    return statistics.median(samples)
+
+
+def bench_decide(batches: int) -> list[str]:
+    rows = []
+    base = None
+    for n in (3, 30, 300):
+        engine, catalogue = _fleet(n)
+        pure = _median_us(
+            lambda r, e=engine, c=catalogue: decide(e, c, r),  # type: ignore[misc]
+            batches,
+            2000,
+        )
+        cached = _median_us(engine.decide, batches, 2000)
+        base = base or pure
+        rows.append(f"| {n} | 3 | {pure:.2f} µs | {pure / base:.2f}x | {cached:.2f} µs |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="best of N timings")
+    parser.add_argument("--quick", action="store_true", help="100k events, 1 round")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.rounds = 100_000, 1
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, workdir {workdir}")
+    print("\n(a) replay throughput vs parse-only (lines/s, best of rounds)\n")
+    print(
+        "| nodes | lines | size | json.loads (text) | json.loads (binary) | raw_decode "
+        "| replay | replay / json.loads | replay / raw_decode |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    bench_replay(args.events, workdir, args.rounds)
+    print("\n(b) decide() median per decision, model loaded on 3 nodes\n")
+    print("| nodes | replicas | routing.decide | vs 3 nodes | Engine.decide (cached) |")
+    print("|---|---|---|---|---|")
+    bench_decide(50)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
