@@ -29,6 +29,7 @@ from .errors import ConfigError, TraceError
 from .fleet import Neuron
 from .policy import Policy
 from .routing import Decision
+from .wire import describe_json
 
 __all__ = [
     "EVENT_KINDS",
@@ -131,20 +132,6 @@ _KIND_OF: dict[type, str] = {
 }
 
 
-def _kind_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 class _Bad(Exception):
     """A problem with one line; the reader adds the file and line number."""
 
@@ -159,14 +146,14 @@ def _field(obj: Mapping[str, Any], key: str, kind: str) -> Any:
 def _str(obj: Mapping[str, Any], key: str, kind: str) -> str:
     value = _field(obj, key, kind)
     if type(value) is not str:
-        raise _Bad(f"{kind} event: field {key!r} must be a string, got {_kind_name(value)}")
+        raise _Bad(f"{kind} event: field {key!r} must be a string, got {describe_json(value)}")
     return value
 
 
 def _bool(obj: Mapping[str, Any], key: str, kind: str) -> bool:
     value = _field(obj, key, kind)
     if type(value) is not bool:
-        raise _Bad(f"{kind} event: field {key!r} must be a boolean, got {_kind_name(value)}")
+        raise _Bad(f"{kind} event: field {key!r} must be a boolean, got {describe_json(value)}")
     return value
 
 
@@ -245,7 +232,7 @@ class TraceReader:
         except ValueError as exc:
             raise self._error(f"not valid JSON: {exc}") from None
         if type(obj) is not dict:
-            raise self._error(f"expected a JSON object, got {_kind_name(obj)}")
+            raise self._error(f"expected a JSON object, got {describe_json(obj)}")
         return obj
 
     def _read_header(self) -> TraceHeader:
@@ -329,7 +316,7 @@ class TraceReader:
                     obj = self._parse(raw)  # json.loads: the value, or an error with the reason
                 if type(obj) is not dict:
                     self.line = line
-                    raise self._error(f"expected a JSON object, got {_kind_name(obj)}")
+                    raise self._error(f"expected a JSON object, got {describe_json(obj)}")
                 kind = obj.get("kind")
                 t = obj.get("t")
                 try:
@@ -390,7 +377,9 @@ class TraceReader:
         elif ok is False:
             error = obj.get("error", "")
             if type(error) is not str:
-                raise _Bad(f"models event: field 'error' must be a string, got {_kind_name(error)}")
+                raise _Bad(
+                    f"models event: field 'error' must be a string, got {describe_json(error)}"
+                )
         else:
             _bool(obj, "ok", "models")
 
@@ -419,7 +408,7 @@ def _time(obj: Mapping[str, Any], label: str, last_t: float) -> float:
     t = _field(obj, "t", label)
     if type(t) is not float:
         if type(t) is not int:
-            raise _Bad(f"{label} event: field 't' must be a number, got {_kind_name(t)}")
+            raise _Bad(f"{label} event: field 't' must be a number, got {describe_json(t)}")
         try:
             t = float(t)
         except OverflowError:

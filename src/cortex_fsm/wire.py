@@ -30,7 +30,7 @@ import attrs
 
 from .fleet import Device, Discovery, ModelsReport, ModelStatus, PollFailure
 
-__all__ = ["Invalid", "parse_discovery", "parse_health", "parse_models"]
+__all__ = ["Invalid", "describe_json", "parse_discovery", "parse_health", "parse_models"]
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -45,7 +45,8 @@ _status_get = {s.value: s for s in ModelStatus}.get
 _LOADED = ModelStatus.LOADED
 
 
-def _describe(value: object) -> str:
+def describe_json(value: object) -> str:
+    """``a string``, ``an array``... for error messages about JSON values."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -68,12 +69,14 @@ def _is_int(value: object) -> TypeGuard[int]:
 def parse_models(body: object) -> ModelsReport | PollFailure:
     """A ``/models`` body: a successful poll, or a poll failure with the reason."""
     if type(body) is not list:
-        return PollFailure(reason=f"invalid /models body: expected an array, got {_describe(body)}")
+        return PollFailure(
+            reason=f"invalid /models body: expected an array, got {describe_json(body)}"
+        )
     seen: dict[str, ModelStatus] = {}
     for i, item in enumerate(body):
         if type(item) is not dict:
             return PollFailure(
-                reason=f"invalid /models body: [{i}] is {_describe(item)}, not an object"
+                reason=f"invalid /models body: [{i}] is {describe_json(item)}, not an object"
             )
         model_id = item.get("id")
         status = item.get("status")
@@ -88,7 +91,9 @@ def parse_models(body: object) -> ModelsReport | PollFailure:
 def parse_discovery(body: object) -> Discovery | Invalid:
     """A ``/discovery`` body: the topology to cache, or :class:`Invalid`."""
     if type(body) is not dict:
-        return Invalid(reason=f"invalid /discovery body: expected an object, got {_describe(body)}")
+        return Invalid(
+            reason=f"invalid /discovery body: expected an object, got {describe_json(body)}"
+        )
     raw_devices = body.get("devices")
     if type(raw_devices) is not list:
         return Invalid(reason="invalid /discovery body: devices is not a list")
@@ -135,7 +140,9 @@ def _health_problem(models: list[object]) -> str:
 def parse_health(body: object) -> dict[str, int] | Invalid:
     """A ``/health`` body: ``in_flight + queue_depth`` per model, or :class:`Invalid`."""
     if type(body) is not dict:
-        return Invalid(reason=f"invalid /health body: expected an object, got {_describe(body)}")
+        return Invalid(
+            reason=f"invalid /health body: expected an object, got {describe_json(body)}"
+        )
     models = body.get("models")
     if models is None:
         return {}
