@@ -132,6 +132,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("which", nargs="?", choices=("all", "routing", "health"), default="all")
     tp.set_defaults(func=_cmd_table)
+
+    from .drivers.demo import add_demo_arguments, demo_main
+    from .drivers.fake_neuron import add_fake_neuron_arguments, fake_neuron_main
+    from .drivers.gateway import add_serve_arguments, serve_main
+
+    sp = sub.add_parser(
+        "serve",
+        help="run the gateway: an OpenAI-compatible server in front of the neurons",
+        description="Run the gateway described by a cortex.toml (see docs/gateway.md) "
+        "until Ctrl-C or SIGTERM.",
+    )
+    add_serve_arguments(sp)
+    sp.set_defaults(func=serve_main)
+
+    dp = sub.add_parser(
+        "demo",
+        help="play the two-GPU incident live: simulated neurons, the gateway, real traffic",
+        description="Start three simulated neurons and the gateway on free loopback ports, "
+        "drive traffic through it while the 2-GPU host stalls and recovers, print the "
+        "timeline, and check that replaying the recorded trace gives the same decisions.",
+    )
+    add_demo_arguments(dp)
+    dp.set_defaults(func=demo_main)
+
+    fp = sub.add_parser(
+        "fake-neuron",
+        help="run a simulated neuron (GPU host) with fault injection",
+    )
+    add_fake_neuron_arguments(fp)
+    fp.set_defaults(func=fake_neuron_main)
     return parser
 
 

@@ -135,6 +135,7 @@ RequestBody: TypeAlias = bytes | AsyncIterable[bytes] | None
 """What a client request may carry."""
 
 _READ_SIZE: Final = 65536
+_TARGET_CACHE_SIZE: Final = 1024
 # After a server-generated error we stop writing, then read and discard what
 # the client is still sending for a short while before closing. Closing a
 # socket with unread input makes the kernel send a reset, which can destroy
@@ -289,10 +290,14 @@ class _Wire:
         return data
 
     async def send_event(self, event: h11.Event) -> None:
+        await self.send_events((event,))
+
+    async def send_events(self, events: Sequence[h11.Event]) -> None:
+        """Send several events with one write (fewer syscalls and wake-ups)."""
         if self.broken:
             raise ConnectionClosedError("connection is no longer usable")
         try:
-            data = self.h11.send(event)
+            data = b"".join([self.h11.send(event) or b"" for event in events])
         except h11.LocalProtocolError as exc:
             self.broken = True
             raise UsageError(str(exc)) from None
@@ -366,6 +371,8 @@ class _ClientConnection(_Wire):
         super().__init__(stream, h11.CLIENT, limits)
         self.key = key
         self.socket_stream = stream
+        # Looked up once: the probe below runs before every reuse.
+        self._raw_socket = stream.extra(SocketAttribute.raw_socket, None)
 
     def looks_alive(self) -> bool:
         """Probe an idle pooled connection without blocking.
@@ -375,7 +382,7 @@ class _ClientConnection(_Wire):
         """
         if self.broken or self.eof or self.h11.trailing_data != (b"", False):
             return False
-        sock = self.socket_stream.extra(SocketAttribute.raw_socket, None)
+        sock = self._raw_socket
         if sock is None:
             return True  # cannot probe; rely on the retry
         try:
@@ -503,6 +510,7 @@ class HTTPClient:
     def __init__(self, *, limits: Limits | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
         self._idle: dict[tuple[str, int], list[_ClientConnection]] = {}
+        self._targets: dict[str, _Target] = {}  # parsed URLs (a client talks to few)
         self._closed = False
 
     async def __aenter__(self) -> HTTPClient:
@@ -548,7 +556,12 @@ class HTTPClient:
         """
         if self._closed:
             raise UsageError("HTTPClient is closed")
-        target = _parse_url(url)
+        target = self._targets.get(url)
+        if target is None:
+            target = _parse_url(url)
+            if len(self._targets) >= _TARGET_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[url] = target
         request = self._build_request(method, target, headers, body)
         replayable = body is None or isinstance(body, bytes)
         key = (target.host, target.port)
@@ -650,14 +663,18 @@ class HTTPClient:
     async def _send_request(
         self, conn: _ClientConnection, request: h11.Request, body: RequestBody
     ) -> None:
-        await conn.send_event(request)
-        if isinstance(body, bytes):
+        if body is None or isinstance(body, bytes):
+            # Head, body and end in one write.
+            events: list[h11.Event] = [request]
             if body:
-                await conn.send_event(h11.Data(data=body))
-        elif body is not None:
-            async for chunk in body:
-                if chunk:
-                    await conn.send_event(h11.Data(data=chunk))
+                events.append(h11.Data(data=body))
+            events.append(h11.EndOfMessage())
+            await conn.send_events(events)
+            return
+        await conn.send_event(request)
+        async for chunk in body:
+            if chunk:
+                await conn.send_event(h11.Data(data=chunk))
         await conn.send_event(h11.EndOfMessage())
 
     async def _read_head(self, conn: _ClientConnection) -> h11.Response:
@@ -774,6 +791,9 @@ class Responder:
         Without ``content-length`` (or ``transfer-encoding``) the body is sent
         chunked, so it can be streamed with :meth:`send`.
         """
+        await self._conn.send_event(self._head(status, headers))
+
+    def _head(self, status: int, headers: Sequence[tuple[str, str]]) -> h11.Response:
         if self.started or self.aborted:
             raise UsageError("response already started")
         headers = list(headers)
@@ -785,7 +805,7 @@ class Responder:
         except h11.LocalProtocolError as exc:
             raise UsageError(f"response cannot be sent: {exc}") from None
         self.started = True
-        await self._conn.send_event(event)
+        return event
 
     async def send(self, chunk: bytes) -> None:
         """Send a piece of the body (raises :class:`ConnectionClosedError` if the
@@ -813,9 +833,13 @@ class Responder:
         """Send a complete response with a ``content-length``."""
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         headers.append(("content-length", str(len(body))))
-        await self.start(status, headers)
-        await self.send(body)
-        await self.end()
+        # Head, body and end in one write.
+        events: list[h11.Event] = [self._head(status, headers)]
+        if body and not self._head_only:
+            events.append(h11.Data(data=body))
+        self.ended = True
+        events.append(h11.EndOfMessage())
+        await self._conn.send_events(events)
 
     async def abort(self) -> None:
         """Close the connection at once, without (the rest of) a response."""

@@ -1,0 +1,270 @@
+"""The gateway's configuration file (``cortex.toml``), validated into a frozen value.
+
+Layout::
+
+    models_config = "models.toml"      # the catalogue, relative to this file; or inline:
+    # [[models]] ... and [aliases] ...  (same keys as models.toml)
+
+    [gateway]
+    listen = "127.0.0.1:31313"
+    poll_timeout = 5.0                 # seconds, each /discovery, /models and /health fetch
+    endpoint_timeout = 10.0            # GET /models/{id}/endpoint
+    load_timeout = 600.0               # POST /models/load
+    request_timeout = 300.0            # forwarded request: until the first response byte,
+                                       # then the longest pause between two chunks
+    client_timeout = 10.0              # a client's request head, and its body
+    max_body_bytes = 8388608           # largest request body accepted (else 413)
+    endpoint_cache = true              # remember resolved endpoints (see docs/gateway.md)
+
+    [policy]
+    failure_threshold = 3
+    poll_interval = 10.0
+    io_errors = "extension"            # or "reference"
+
+    [[neurons]]
+    name = "gpu-a"
+    endpoint = "http://gpu-a.lan:13131"
+
+Every problem is a :class:`~cortex_fsm.errors.ConfigError` whose text starts
+with the file name and names the key, e.g. ``cortex.toml: [policy]
+failure_threshold must be an integer >= 1, got 0``. Unknown keys are errors
+too: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ..catalogue import Catalogue, catalogue_from_mapping, load_models_toml
+from ..errors import ConfigError
+from ..fleet import Neuron
+from ..policy import POLICY_KEYS, Policy
+from ..trace import TraceHeader
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "GatewayConfig",
+    "config_from_mapping",
+    "load_config",
+    "parse_listen",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:31313"
+
+_TOP_KEYS = ("gateway", "policy", "neurons", "models_config", "models", "aliases")
+_GATEWAY_SECONDS = {
+    "poll_timeout": 5.0,
+    "endpoint_timeout": 10.0,
+    "load_timeout": 600.0,
+    "request_timeout": 300.0,
+    "client_timeout": 10.0,
+}
+_GATEWAY_KEYS = ("listen", *_GATEWAY_SECONDS, "max_body_bytes", "endpoint_cache")
+_NEURON_KEYS = ("name", "endpoint")
+
+
+@attrs.frozen(kw_only=True)
+class GatewayConfig:
+    """Everything ``cortex-fsm serve`` needs, validated."""
+
+    neurons: tuple[Neuron, ...]
+    catalogue: Catalogue = attrs.field(factory=Catalogue)
+    policy: Policy = attrs.field(factory=Policy)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 31313
+    poll_timeout: float = 5.0
+    endpoint_timeout: float = 10.0
+    load_timeout: float = 600.0
+    request_timeout: float = 300.0
+    client_timeout: float = 10.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    endpoint_cache: bool = True
+    source: str = "<config>"
+    """Where the configuration came from (for messages)."""
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+    def neuron(self, name: str) -> Neuron:
+        for neuron in self.neurons:
+            if neuron.name == name:
+                return neuron
+        raise KeyError(name)
+
+    def trace_header(self) -> TraceHeader:
+        """The header of a trace recorded under this configuration."""
+        return TraceHeader(neurons=self.neurons, catalogue=self.catalogue, policy=self.policy)
+
+
+def parse_listen(text: object, *, where: str = "listen") -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:port"`` for IPv6) -> ``(host, port)``; port 0 = any free one."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{where} must be a string HOST:PORT, got {text!r}")
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"{where} must be HOST:PORT with a port in 0..65535, got {text!r}")
+    return host, int(port_text)
+
+
+def _endpoint(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a URL string such as http://host:13131, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not a valid URL ({exc}): {value!r}") from None
+    if parts.scheme != "http":
+        raise ConfigError(f"{where} must be an http:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{where} has no host: {value!r}")
+    if port == 0:
+        raise ConfigError(f"{where} has port 0: {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where} must not have a query or fragment: {value!r}")
+    return value.rstrip("/")
+
+
+def _seconds(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number of seconds > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _unknown(data: Mapping[str, object], known: Sequence[str], where: str) -> None:
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}unknown key {key!r} (known: {', '.join(known)})")
+
+
+def _table(data: Mapping[str, object], key: str, where: str) -> Mapping[str, object]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [{key}] must be a table, got {value!r}")
+    return value
+
+
+def _neurons(raw: object, where: str) -> tuple[Neuron, ...]:
+    if raw is None:
+        raise ConfigError(f"{where}: [[neurons]] is missing: list at least one neuron")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: [[neurons]] must list at least one neuron, got {raw!r}")
+    neurons: list[Neuron] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        at = f"{where}: [[neurons]] #{i + 1}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at} must be a table, got {entry!r}")
+        _unknown(entry, _NEURON_KEYS, f"{at}: ")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{at} name must be a non-empty string, got {name!r}")
+        if name in seen:
+            raise ConfigError(f"{at} name {name!r} is configured twice")
+        seen.add(name)
+        endpoint = _endpoint(entry.get("endpoint"), f"{at} ({name}) endpoint")
+        neurons.append(Neuron(name=name, endpoint=endpoint))
+    return tuple(neurons)
+
+
+def _policy(raw: Mapping[str, object], where: str) -> Policy:
+    _unknown(raw, POLICY_KEYS, f"{where}: [policy] ")
+    values: dict[str, Any] = dict(raw)
+    try:
+        return Policy(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [policy] {exc}") from None
+
+
+def _catalogue(data: Mapping[str, object], where: str, base_dir: Path | None) -> Catalogue:
+    models_config = data.get("models_config")
+    inline = "models" in data or "aliases" in data
+    if models_config is None:
+        if not inline:
+            return Catalogue()
+        inline_data = {k: data[k] for k in ("models", "aliases") if k in data}
+        return catalogue_from_mapping(inline_data, where=where)
+    if inline:
+        raise ConfigError(
+            f"{where}: models_config and inline [[models]]/[aliases] cannot be combined; "
+            "use one or the other"
+        )
+    if not isinstance(models_config, str) or not models_config:
+        raise ConfigError(
+            f"{where}: models_config must be a file path string, got {models_config!r}"
+        )
+    path = Path(models_config)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"{where}: models_config: {path}: no such file")
+    return load_models_toml(path)
+
+
+def config_from_mapping(
+    data: Mapping[str, object], *, where: str = "cortex.toml", base_dir: Path | None = None
+) -> GatewayConfig:
+    """Validate a parsed ``cortex.toml``. ``base_dir`` resolves a relative ``models_config``."""
+    _unknown(data, _TOP_KEYS, f"{where}: ")
+    gateway = _table(data, "gateway", where)
+    _unknown(gateway, _GATEWAY_KEYS, f"{where}: [gateway] ")
+    host, port = parse_listen(
+        gateway.get("listen", DEFAULT_LISTEN), where=f"{where}: [gateway] listen"
+    )
+    seconds = {
+        key: _seconds(gateway.get(key, default), f"{where}: [gateway] {key}")
+        for key, default in _GATEWAY_SECONDS.items()
+    }
+    max_body = gateway.get("max_body_bytes", 8 * 1024 * 1024)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
+        raise ConfigError(
+            f"{where}: [gateway] max_body_bytes must be an integer >= 0, got {max_body!r}"
+        )
+    cache = gateway.get("endpoint_cache", True)
+    if not isinstance(cache, bool):
+        raise ConfigError(f"{where}: [gateway] endpoint_cache must be true or false, got {cache!r}")
+    return GatewayConfig(
+        neurons=_neurons(data.get("neurons"), where),
+        catalogue=_catalogue(data, where, base_dir),
+        policy=_policy(_table(data, "policy", where), where),
+        listen_host=host,
+        listen_port=port,
+        max_body_bytes=max_body,
+        endpoint_cache=cache,
+        source=where,
+        **seconds,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a ``cortex.toml``."""
+    path = Path(path)
+    where = str(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not valid UTF-8") from None
+    return config_from_mapping(data, where=where, base_dir=path.parent)

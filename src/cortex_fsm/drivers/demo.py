@@ -1,0 +1,428 @@
+"""``cortex-fsm demo``: the two-GPU incident, live, over real sockets on loopback.
+
+Three simulated neurons -- ``big`` (2 GPUs) and ``small-a``/``small-b`` (1 GPU
+each) -- and the gateway start on free loopback ports. Two clients send
+requests through the gateway the whole time: one for the big model, which
+needs two GPUs (so only ``big`` can host it), one for the small model, which
+has a replica on each small host. Then the incident of the seed commit plays
+out:
+
+1. steady state: big requests go to ``big``, small requests to the least
+   busy small replica;
+2. ``big`` stalls: its polls time out, it turns ``suspect(1)``,
+   ``suspect(2)``, then ``unhealthy``. Big requests get 503 with
+   ``Retry-After: 3`` (first ``upstream_unavailable`` while it is still
+   suspect, then ``feasible_node_unhealthy``) -- never a 404. Small requests
+   keep routing, following the least busy replica;
+3. ``big`` recovers: one good poll makes it ``healthy`` and big traffic
+   returns.
+
+Everything is recorded to a trace; at the end the trace is replayed and the
+replay's decisions are compared with the gateway's, one by one.
+
+Timings are compressed so the incident takes seconds: polls every 0.5 s with
+a 0.4 s ``/models`` timeout (production defaults: 10 s and 5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import IO
+
+import anyio
+import attrs
+
+from ..catalogue import Catalogue, Profile
+from ..engine import Transition
+from ..fleet import Neuron
+from ..health import Phase
+from ..policy import Policy
+from ..replay import replay
+from ..routing import Decision
+from ..trace import decision_line
+from .config import GatewayConfig
+from .fake_neuron import FakeNeuron, FakeNeuronConfig
+from .gateway import Gateway, expected_failure
+from .http import HTTPClient, HTTPError
+
+__all__ = [
+    "BIG_MODEL",
+    "SMALL_MODEL",
+    "DemoResult",
+    "add_demo_arguments",
+    "demo_config",
+    "demo_main",
+    "run_demo",
+]
+
+BIG_MODEL = "org/Big-70B"
+SMALL_MODEL = "org/Small-8B"
+_REQUEST_GAP = 0.2  # seconds between two requests of one client
+_PHASE = 1.5  # seconds of traffic in each calm phase
+_WAIT_LIMIT = 15.0  # seconds to wait for a state change before giving up
+
+
+@attrs.frozen(kw_only=True)
+class _Outcome:
+    t: float
+    model: str
+    status: int
+    retry_after: str | None
+    node: str | None
+    outcome: str
+    big_state: str
+
+
+@attrs.define
+class DemoResult:
+    """What happened, for the checks (and for tests)."""
+
+    outcomes: list[_Outcome] = attrs.field(factory=list)
+    transitions: list[Transition] = attrs.field(factory=list)
+    decisions: list[str] = attrs.field(factory=list)
+    replayed: list[str] = attrs.field(factory=list)
+    checks: list[tuple[str, bool]] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed in self.checks)
+
+
+class _Timeline:
+    def __init__(self, out: IO[str], clock: Callable[[], float]) -> None:
+        self.out = out
+        self.clock = clock
+
+    def line(self, text: str, t: float | None = None) -> None:
+        when = self.clock() if t is None else t
+        self.out.write(f"{when:6.2f}s  {text}\n")
+        self.out.flush()
+
+    def banner(self, text: str) -> None:
+        self.out.write(f"        --- {text} ---\n")
+        self.out.flush()
+
+
+def _neuron_configs() -> list[FakeNeuronConfig]:
+    def host(name: str, gpus: int, vram_mb: int, model: str) -> FakeNeuronConfig:
+        return FakeNeuronConfig(
+            name=name,
+            host="127.0.0.1",
+            port=0,
+            gpus=gpus,
+            vram_mb=vram_mb,
+            models=[(model, "loaded")],
+            token_latency=0.002,
+        )
+
+    return [
+        host("big", 2, 49152, BIG_MODEL),
+        host("small-a", 1, 24576, SMALL_MODEL),
+        host("small-b", 1, 24576, SMALL_MODEL),
+    ]
+
+
+def demo_config(neurons: dict[str, FakeNeuron], poll_interval: float) -> GatewayConfig:
+    """The gateway configuration the demo runs (compressed timings)."""
+    catalogue = Catalogue(
+        profiles={
+            BIG_MODEL: Profile(
+                id=BIG_MODEL, harness="candle", min_devices=2, min_device_vram_mb=40000
+            ),
+            SMALL_MODEL: Profile(id=SMALL_MODEL, harness="candle"),
+        },
+        aliases={"tier/large": BIG_MODEL, "tier/small": SMALL_MODEL},
+    )
+    return GatewayConfig(
+        neurons=tuple(Neuron(name=name, endpoint=n.url) for name, n in neurons.items()),
+        catalogue=catalogue,
+        policy=Policy(failure_threshold=3, poll_interval=poll_interval),
+        listen_host="127.0.0.1",
+        listen_port=0,
+        poll_timeout=poll_interval * 0.8,
+        endpoint_timeout=0.5,
+        load_timeout=5.0,
+        request_timeout=1.0,
+        client_timeout=5.0,
+        source="demo",
+    )
+
+
+async def _wait_until(predicate: Callable[[], bool], limit: float = _WAIT_LIMIT) -> bool:
+    with anyio.move_on_after(limit):
+        while not predicate():
+            await anyio.sleep(0.02)
+        return True
+    return False
+
+
+async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> DemoResult:
+    """Play the incident; write the timeline to ``out``; return what happened."""
+    result = DemoResult()
+    neurons = {c.name: FakeNeuron(c) for c in _neuron_configs()}
+    async with anyio.create_task_group() as tg:
+        for neuron in neurons.values():
+            await tg.start(neuron.run)
+        config = demo_config(neurons, poll_interval)
+        gateway = Gateway(config, record=record)
+        journal = gateway.journal
+        timeline = _Timeline(out, journal.now)
+        engine = gateway.engine
+
+        def on_transition(tr: Transition) -> None:
+            result.transitions.append(tr)
+            timeline.line(
+                f"node {tr.node:<8} {tr.from_.label} -> {tr.to.label}   ({tr.cause})", tr.t
+            )
+
+        def on_decision(request_id: str, t: float, decision: Decision) -> None:
+            result.decisions.append(decision_line(decision, request_id, t))
+
+        journal.transition_listeners.append(on_transition)
+        journal.decision_listeners.append(on_decision)
+
+        _intro(out, neurons, config)
+        await tg.start(gateway.run)
+        out.write(f"gateway  {gateway.url}  (recording to {record})\n\n")
+        out.write("  time  event\n")
+        out.flush()
+
+        states = engine.states
+        all_healthy = await _wait_until(
+            lambda: all(s.phase is Phase.HEALTHY for s in states().values())
+        )
+        if not all_healthy:
+            timeline.line("not every neuron turned healthy; giving up")
+        async with HTTPClient() as client, anyio.create_task_group() as traffic:
+
+            async def client_loop(model: str) -> None:
+                while True:
+                    await _one_request(client, gateway, model, timeline, result)
+                    await anyio.sleep(_REQUEST_GAP)
+
+            timeline.banner("steady state: both models routing")
+            neurons["small-a"].set_queue(SMALL_MODEL, 3)
+            timeline.line(
+                "small-a reports queue_depth 3 for org/Small-8B: after the next /health poll "
+                "small-b is the least busy replica"
+            )
+            traffic.start_soon(client_loop, BIG_MODEL)
+            traffic.start_soon(client_loop, SMALL_MODEL)
+            await anyio.sleep(_PHASE)
+
+            timeline.banner("incident: 'big' (the only 2-GPU host) stops answering")
+            out.write(
+                "          while suspect, 'big' is still routable: requests try it and get\n"
+                "          503 upstream_unavailable (the reference gateway answered 404 here);\n"
+                "          once unhealthy: 503 feasible_node_unhealthy. "
+                "Both carry Retry-After: 3.\n"
+            )
+            neurons["big"].stall(600)
+            await _wait_until(lambda: engine.state("big").phase is Phase.UNHEALTHY)
+            neurons["small-b"].set_queue(SMALL_MODEL, 5)
+            neurons["small-a"].set_queue(SMALL_MODEL, 0)
+            timeline.line(
+                "small-b now reports queue_depth 5, small-a 0: small traffic moves to small-a"
+            )
+            await anyio.sleep(_PHASE)
+
+            timeline.banner("recovery: 'big' answers again")
+            neurons["big"].resume()
+            await _wait_until(lambda: engine.state("big").phase is Phase.HEALTHY)
+            await anyio.sleep(_PHASE)
+            traffic.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
+    # The gateway has stopped: the recording is complete. Replay it.
+    buffer = io.StringIO()
+    replay(record, out=buffer)
+    result.replayed = buffer.getvalue().splitlines(keepends=True)
+    _check(result)
+    _report(out, result, record)
+    return result
+
+
+def _intro(out: IO[str], neurons: dict[str, FakeNeuron], config: GatewayConfig) -> None:
+    out.write("cortex-fsm demo: the two-GPU incident, live on 127.0.0.1\n\n")
+    for name, neuron in neurons.items():
+        c = neuron.config
+        models = ", ".join(m for m, _ in c.models)
+        out.write(
+            f"neuron   {name:<8} {neuron.url}  {c.gpus} GPU x {c.vram_mb // 1024} GiB, "
+            f"serving {models}\n"
+        )
+    out.write(
+        f"model    {BIG_MODEL} needs 2 GPUs of >= 40000 MB: only 'big' can host it\n"
+        f"model    {SMALL_MODEL} needs 1 GPU: a replica on small-a and small-b\n"
+        f"policy   failure_threshold {config.policy.failure_threshold}, "
+        f"poll every {config.policy.poll_interval:g} s, "
+        f"/models timeout {config.poll_timeout:g} s\n"
+        "         (compressed so the incident plays out in seconds; "
+        "the production defaults are 10 s and 5 s)\n"
+    )
+    out.flush()
+
+
+async def _one_request(
+    client: HTTPClient, gateway: Gateway, model: str, timeline: _Timeline, result: DemoResult
+) -> None:
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    ).encode()
+    try:
+        with anyio.fail_after(10):
+            resp = await client.request(
+                "POST",
+                gateway.url + "/v1/chat/completions",
+                headers=[("content-type", "application/json")],
+                body=body,
+            )
+    except (HTTPError, TimeoutError) as exc:
+        timeline.line(f"request {model:<13} -> client error {exc!r}")
+        return
+    t = gateway.journal.now()
+    node = resp.header("x-cortex-node")
+    retry = resp.header("retry-after")
+    outcome = resp.header("x-cortex-outcome") or "?"
+    big = gateway.engine.state("big").label
+    result.outcomes.append(
+        _Outcome(
+            t=t,
+            model=model,
+            status=resp.status,
+            retry_after=retry,
+            node=node,
+            outcome=outcome,
+            big_state=big,
+        )
+    )
+    if resp.status == 200:
+        where = f"from {node}"
+    else:
+        where = f"Retry-After: {retry}" if retry else "(no Retry-After)"
+    timeline.line(f"request {model:<13} -> {resp.status} {where:<18} {outcome}", t)
+
+
+def _check(result: DemoResult) -> None:
+    big = [o for o in result.outcomes if o.model == BIG_MODEL]
+    small = [o for o in result.outcomes if o.model == SMALL_MODEL]
+    labels = [tr.to.label for tr in result.transitions if tr.node == "big"]
+    first_unhealthy = next((i for i, o in enumerate(big) if o.big_state == "unhealthy"), None)
+    after = big[first_unhealthy:] if first_unhealthy is not None else []
+    recovered_at = next(
+        (tr.t for tr in result.transitions if tr.node == "big" and tr.from_.label == "unhealthy"),
+        math.inf,
+    )
+    result.checks = [
+        (
+            "'big' went healthy -> suspect(1) -> suspect(2) -> unhealthy -> healthy",
+            labels[-4:] == ["suspect(1)", "suspect(2)", "unhealthy", "healthy"],
+        ),
+        (
+            "while 'big' was unhealthy, big-model requests got 503 + Retry-After 3",
+            any(
+                o.status == 503 and o.retry_after == "3" and o.outcome == "feasible_node_unhealthy"
+                for o in after
+            ),
+        ),
+        ("no big-model request was ever answered 404", all(o.status != 404 for o in big)),
+        (
+            "every 503 carried Retry-After",
+            all(o.retry_after is not None for o in result.outcomes if o.status == 503),
+        ),
+        (
+            "the small model routed throughout, to the least busy replica",
+            bool(small)
+            and all(o.status == 200 for o in small)
+            and {o.node for o in small} == {"small-a", "small-b"},
+        ),
+        (
+            "big-model traffic returned to 'big' after it recovered",
+            any(o.status == 200 and o.node == "big" and o.t > recovered_at for o in big),
+        ),
+        (
+            f"replaying the recorded trace gives the same {len(result.decisions)} decisions",
+            bool(result.decisions) and result.replayed == result.decisions,
+        ),
+    ]
+
+
+def _report(out: IO[str], result: DemoResult, record: str) -> None:
+    answers: dict[str, dict[tuple[int, str], int]] = {}
+    for o in result.outcomes:
+        per = answers.setdefault(o.model, {})
+        per[(o.status, o.outcome)] = per.get((o.status, o.outcome), 0) + 1
+    out.write("\nsummary (what the clients were told)\n")
+    for model, per in sorted(answers.items()):
+        counts = ", ".join(
+            f"{n} x {status} {outcome}" for (status, outcome), n in sorted(per.items())
+        )
+        out.write(f"  {model:<13} {counts}\n")
+    out.write("checks\n")
+    for text, passed in result.checks:
+        out.write(f"  [{'ok' if passed else 'FAILED'}] {text}\n")
+    out.write(f"trace    {record}\n")
+    out.write(f"         replay it: cortex-fsm replay {record} --summary\n")
+    out.flush()
+
+
+# --------------------------------------------------------------------------
+# Command line (wired into ``cortex-fsm demo``)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``demo`` options to ``parser``."""
+    parser.add_argument(
+        "--record",
+        metavar="TRACE",
+        default=os.path.join(tempfile.gettempdir(), "cortex-demo-trace.jsonl.gz"),
+        help="where to write the recorded trace (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_poll_interval,
+        default=0.5,
+        metavar="SECONDS",
+        help="poll interval of the demo gateway, 0.2..2 (default: %(default)s)",
+    )
+
+
+def _poll_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.2 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0.2..2)")
+    return value
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    """``cortex-fsm demo``: 0 when every check passed, 1 if one failed, 2 on bad input."""
+    directory = os.path.dirname(os.path.abspath(args.record))
+    if not os.path.isdir(directory):
+        print(f"cortex-fsm: error: --record: directory {directory} does not exist", file=sys.stderr)
+        return 2
+    # The timeline shows what the gateway's log lines would; keep stderr for errors.
+    logging.getLogger("cortex_fsm").setLevel(logging.ERROR)
+    try:
+        result = anyio.run(
+            lambda: run_demo(sys.stdout, record=args.record, poll_interval=args.poll_interval)
+        )
+    except KeyboardInterrupt:
+        print("cortex-fsm: demo interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        problem = expected_failure(exc)
+        if problem is None:
+            raise
+        print(f"cortex-fsm: error: {problem}", file=sys.stderr)
+        return 1
+    return 0 if result.ok else 1

@@ -1,0 +1,198 @@
+"""cortex.toml: parsing, defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from cortex_fsm import ConfigError, Neuron, Policy
+from cortex_fsm.drivers.config import (
+    GatewayConfig,
+    config_from_mapping,
+    load_config,
+    parse_listen,
+)
+from cortex_fsm.drivers.gateway import add_serve_arguments, serve_main
+
+NEURONS = """
+[[neurons]]
+name = "gpu-a"
+endpoint = "http://gpu-a.lan:13131/"
+
+[[neurons]]
+name = "gpu-b"
+endpoint = "http://10.0.0.7:13131"
+"""
+
+MODELS = """
+[[models]]
+id = "org/Big-70B"
+harness = "candle"
+min_devices = 2
+min_device_vram_mb = 40000
+
+[aliases]
+"tier/large" = "org/Big-70B"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "cortex.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_full_config(tmp_path: Path) -> None:
+    write(tmp_path, MODELS, "models.toml")
+    path = write(
+        tmp_path,
+        'models_config = "models.toml"\n'
+        "[gateway]\n"
+        'listen = "0.0.0.0:8080"\n'
+        "poll_timeout = 2\n"
+        "load_timeout = 120.5\n"
+        "max_body_bytes = 1024\n"
+        "endpoint_cache = false\n"
+        "[policy]\n"
+        "failure_threshold = 5\n"
+        "poll_interval = 2.5\n"
+        'io_errors = "reference"\n' + NEURONS,
+    )
+    config = load_config(path)
+    assert config.neurons == (
+        Neuron(name="gpu-a", endpoint="http://gpu-a.lan:13131"),
+        Neuron(name="gpu-b", endpoint="http://10.0.0.7:13131"),
+    )
+    assert (config.listen_host, config.listen_port, config.listen) == (
+        "0.0.0.0",
+        8080,
+        "0.0.0.0:8080",
+    )
+    assert config.policy == Policy(failure_threshold=5, poll_interval=2.5, io_errors="reference")
+    assert config.poll_timeout == 2.0
+    assert config.load_timeout == 120.5
+    assert config.endpoint_timeout == 10.0
+    assert config.max_body_bytes == 1024
+    assert config.endpoint_cache is False
+    assert set(config.catalogue.profiles) == {"org/Big-70B"}
+    assert config.catalogue.aliases == {"tier/large": "org/Big-70B"}
+    header = config.trace_header()
+    assert header.neurons == config.neurons
+    assert header.policy == config.policy
+
+
+def test_defaults_and_inline_catalogue(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MODELS + NEURONS))
+    assert config.listen == "127.0.0.1:31313"
+    assert config.policy == Policy()
+    assert config.poll_timeout == 5.0
+    assert config.endpoint_cache is True
+    assert config.catalogue.profiles["org/Big-70B"].min_devices == 2
+    bare = load_config(write(tmp_path, NEURONS))
+    assert bare.catalogue.profiles == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[policy]\nfailure_threshold = 0\n" + NEURONS,
+            "cortex.toml: [policy] failure_threshold must be an integer >= 1, got 0",
+        ),
+        (
+            "[policy]\nfailure_threshold = 2.5\n" + NEURONS,
+            "cortex.toml: [policy] failure_threshold must be an integer >= 1, got 2.5",
+        ),
+        (
+            "[policy]\npoll_interval = -1\n" + NEURONS,
+            "cortex.toml: [policy] poll_interval must be a number of seconds > 0, got -1",
+        ),
+        (
+            '[policy]\nio_errors = "lenient"\n' + NEURONS,
+            "cortex.toml: [policy] io_errors must be one of extension, reference, got 'lenient'",
+        ),
+        ("[policy]\nfailure_treshold = 3\n" + NEURONS, "[policy] unknown key 'failure_treshold'"),
+        ("[gateway]\nlisten = 5\n" + NEURONS, "[gateway] listen must be a string HOST:PORT"),
+        ('[gateway]\nlisten = "localhost"\n' + NEURONS, "[gateway] listen must be HOST:PORT"),
+        ('[gateway]\nlisten = "h:70000"\n' + NEURONS, "[gateway] listen must be HOST:PORT"),
+        ("[gateway]\npoll_timeout = 0\n" + NEURONS, "[gateway] poll_timeout must be a number"),
+        ('[gateway]\nendpoint_cache = "yes"\n' + NEURONS, "[gateway] endpoint_cache must be"),
+        ("[gateway]\nmax_body_bytes = -5\n" + NEURONS, "[gateway] max_body_bytes must be"),
+        ("[gateway]\nlisten_port = 1\n" + NEURONS, "[gateway] unknown key 'listen_port'"),
+        ("gateway = 3\n" + NEURONS, "[gateway] must be a table"),
+        ("[metrics]\nlisten = 1\n" + NEURONS, "cortex.toml: unknown key 'metrics'"),
+        ("", "[[neurons]] is missing"),
+        ("neurons = []", "[[neurons]] must list at least one neuron"),
+        ('[[neurons]]\nendpoint = "http://a:1"\n', "[[neurons]] #1 name must be a non-empty"),
+        ('[[neurons]]\nname = "a"\n', "[[neurons]] #1 (a) endpoint must be a URL"),
+        ('[[neurons]]\nname = "a"\nendpoint = "https://a:1"\n', "must be an http:// URL"),
+        ('[[neurons]]\nname = "a"\nendpoint = "http://:1"\n', "has no host"),
+        ('[[neurons]]\nname = "a"\nendpoint = "http://a:x"\n', "is not a valid URL"),
+        ('[[neurons]]\nname = "a"\nendpoint = "http://a:1"\nport = 2\n', "unknown key 'port'"),
+        (NEURONS + '[[neurons]]\nname = "gpu-a"\nendpoint = "http://c:1"\n', "configured twice"),
+        (
+            'models_config = "m.toml"\n' + MODELS + NEURONS,
+            "models_config and inline [[models]]/[aliases] cannot be combined",
+        ),
+        ('models_config = "missing.toml"\n' + NEURONS, "missing.toml: no such file"),
+        ("models_config = 3\n" + NEURONS, "models_config must be a file path string"),
+        ("[[models]]\nmin_devices = 2\n" + NEURONS, "cortex.toml: models[0].id must be"),
+        ("[policy\n", "cortex.toml: invalid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(info.value).startswith(str(path))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_listen("[::1]:8080") == ("::1", 8080)
+    assert GatewayConfig(neurons=(), listen_host="::1", listen_port=5).listen == "[::1]:5"
+    with pytest.raises(ConfigError, match="--listen"):
+        parse_listen("8080", where="--listen")
+
+
+def test_mapping_without_a_file() -> None:
+    config = config_from_mapping(
+        {"neurons": [{"name": "a", "endpoint": "http://a:1"}]}, where="inline"
+    )
+    assert config.source == "inline"
+    assert config.neuron("a").endpoint == "http://a:1"
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_serve_with_a_bad_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[policy]\nfailure_threshold = 0\n" + NEURONS)
+    assert serve_main(_serve_args("--config", str(path))) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"cortex-fsm: error: {path}: [policy] failure_threshold must be an integer >= 1, got 0\n"
+    )
+    assert serve_main(_serve_args("--config", str(tmp_path / "none.toml"))) == 2
+    assert "no such file" in capsys.readouterr().err
+    good = write(tmp_path, NEURONS, "good.toml")
+    assert serve_main(_serve_args("--config", str(good), "--listen", "nope")) == 2
+    assert "--listen must be HOST:PORT" in capsys.readouterr().err
+    args = _serve_args("--config", str(good), "--record", str(tmp_path / "no" / "t.jsonl"))
+    assert serve_main(args) == 2
+    assert "--record: directory" in capsys.readouterr().err
