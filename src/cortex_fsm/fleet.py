@@ -44,13 +44,10 @@ class ModelStatus(enum.Enum):
     LOADING = "loading"
     RECOVERING = "recovering"
 
-    @classmethod
-    def parse(cls, text: str) -> ModelStatus:
-        """Reference behaviour: any string we do not know reads as ``loaded``."""
-        return _STATUS_BY_TEXT.get(text, ModelStatus.LOADED)
 
-
-_STATUS_BY_TEXT = {s.value: s for s in ModelStatus}
+#: Status strings as ``/models`` reports them. Reference behaviour: a string
+#: not in here reads as ``loaded`` (see ``wire.parse_models``).
+STATUS_BY_TEXT: Mapping[str, ModelStatus] = {s.value: s for s in ModelStatus}
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -132,7 +129,8 @@ class NodeLike(Protocol):
     def busy(self) -> Mapping[str, int]: ...
 
 
-def _frozen_map(value: Mapping[str, object]) -> Mapping[str, object]:
+def _copy(value: Mapping[str, object]) -> Mapping[str, object]:
+    """Snapshots hold their own copy of a mapping, never the engine's."""
     return dict(value)
 
 
@@ -147,8 +145,8 @@ class NodeSnapshot:
     name: str
     health: HealthState
     discovery: Discovery | None = None
-    models: Mapping[str, ModelEntry] = attrs.field(factory=dict, converter=_frozen_map)
-    busy: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_map)
+    models: Mapping[str, ModelEntry] = attrs.field(factory=dict, converter=_copy)
+    busy: Mapping[str, int] = attrs.field(factory=dict, converter=_copy)
 
     @property
     def routable(self) -> bool:

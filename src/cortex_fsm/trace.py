@@ -351,13 +351,10 @@ class TraceReader:
         except (OSError, EOFError, zlib.error) as exc:
             # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
             line += 1
-            raise self._error_at(line, f"unreadable data ({type(exc).__name__}: {exc})") from None
+            self.line = line
+            raise self._error(f"unreadable data ({type(exc).__name__}: {exc})") from None
         finally:
             self.line, self.events, self._last_t = line, events, last_t
-
-    def _error_at(self, line: int, problem: str) -> TraceError:
-        self.line = line
-        return self._error(problem)
 
     def _check_request(self, obj: Mapping[str, Any]) -> None:
         rid = obj.get("id")

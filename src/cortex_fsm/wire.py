@@ -28,7 +28,7 @@ from typing import TypeGuard
 
 import attrs
 
-from .fleet import Device, Discovery, ModelsReport, ModelStatus, PollFailure
+from .fleet import STATUS_BY_TEXT, Device, Discovery, ModelsReport, ModelStatus, PollFailure
 
 __all__ = ["Invalid", "describe_json", "parse_discovery", "parse_health", "parse_models"]
 
@@ -40,8 +40,8 @@ class Invalid:
     reason: str
 
 
-# ModelStatus.parse, inlined for the hot path: unknown strings read as loaded.
-_status_get = {s.value: s for s in ModelStatus}.get
+# Unknown status strings read as loaded (reference behaviour).
+_status_get = STATUS_BY_TEXT.get
 _LOADED = ModelStatus.LOADED
 
 
