@@ -162,6 +162,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_fake_neuron_arguments(fp)
     fp.set_defaults(func=fake_neuron_main)
+
+    from .verify import add_export_arguments, add_verify_arguments, export_main, verify_main
+
+    vp = sub.add_parser(
+        "verify",
+        help="model-check the engine: every invariant on every reachable state within a bound",
+    )
+    add_verify_arguments(vp)
+    vp.set_defaults(func=verify_main)
+
+    ep = sub.add_parser(
+        "export",
+        help="generate a formal model of the health machines and routing (Promela, for Spin)",
+    )
+    add_export_arguments(ep)
+    ep.set_defaults(func=export_main)
     return parser
 
 

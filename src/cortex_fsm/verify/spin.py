@@ -1,0 +1,115 @@
+"""Runs Spin on the generated Promela model and reads its verdicts.
+
+Two searches of the same model:
+
+* **safety** -- ``-DSAFETY -DNOCLAIM``: every reachable state, every
+  assertion (H1-H4 after every poll, R1-R4, R6, R7 on every decision);
+* **liveness** -- the ``live`` LTL claim, acceptance cycles under weak
+  fairness (``pan -a -f``); without fairness a poller that never lets the
+  client run is a (spurious) counterexample.
+
+Needs ``spin`` and ``gcc`` on ``PATH`` (Debian: ``apt-get install -y spin gcc``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+
+__all__ = ["SpinResult", "run_spin", "spin_available"]
+
+#: pan's search depth bound (the DFS stack): far above the depths reached.
+DEPTH = 500_000
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class SpinResult:
+    name: str  # safety | liveness
+    ok: bool
+    errors: int
+    states: int  # stored
+    transitions: int
+    depth: int
+    seconds: float  # pan's own elapsed time
+    rate: float  # states/second, as pan reports it
+    memory_mb: float
+    compile_seconds: float
+    detail: str  # the violation, or "no error"
+
+
+def spin_available() -> bool:
+    return shutil.which("spin") is not None and shutil.which("gcc") is not None
+
+
+def _number(pattern: str, text: str, default: float = 0.0) -> float:
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else default
+
+
+def _parse(name: str, text: str, compile_seconds: float, returncode: int) -> SpinResult:
+    errors = int(_number(r"errors: (\d+)", text, -1))
+    violation = re.search(r"pan:\d+: (.+?) \(at depth", text)
+    incomplete = "Search not completed" in text and errors == 0
+    if errors < 0 or returncode not in (0, 1):
+        detail = "pan did not finish: " + (text.strip().splitlines() or ["no output"])[-1]
+        ok = False
+    elif incomplete:
+        detail, ok = "search not completed (raise the depth bound)", False
+    else:
+        detail = violation.group(1) if violation else ("no error" if errors == 0 else "error")
+        ok = errors == 0
+    return SpinResult(
+        name=name,
+        ok=ok,
+        errors=max(errors, 0),
+        states=int(_number(r"(\d+) states, stored", text)),
+        transitions=int(_number(r"(\d+) transitions \(= stored\+matched\)", text)),
+        depth=int(_number(r"depth reached (\d+)", text)),
+        seconds=_number(r"elapsed time ([\d.e+-]+) seconds", text),
+        rate=_number(r"rate\s+([\d.e+-]+) states/second", text),
+        memory_mb=_number(r"([\d.]+)\s+total actual memory usage", text),
+        compile_seconds=compile_seconds,
+        detail=detail,
+    )
+
+
+def run_spin(model: Path, workdir: Path, *, stop_at_first: bool = False) -> list[SpinResult]:
+    """Generate, compile and run the safety and the liveness search of ``model``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "cortex.pml"
+    shutil.copyfile(model, source)
+    start = time.perf_counter()
+    subprocess.run(
+        ["spin", "-a", source.name], cwd=workdir, check=True, capture_output=True, text=True
+    )
+    builds = {
+        "safety": ["gcc", "-w", "-O2", "-DSAFETY", "-DNOCLAIM", "-o", "pan_safety", "pan.c"],
+        "liveness": ["gcc", "-w", "-O2", "-o", "pan_liveness", "pan.c"],
+    }
+
+    def build(argv: list[str]) -> None:
+        subprocess.run(argv, cwd=workdir, check=True, capture_output=True, text=True)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(build, builds.values()))
+    compile_seconds = time.perf_counter() - start
+    runs = {
+        "safety": ["./pan_safety", f"-m{DEPTH}"],
+        "liveness": ["./pan_liveness", "-a", "-f", f"-m{DEPTH}"],
+    }
+    results = []
+    for name, argv in runs.items():
+        done = subprocess.run(
+            argv, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False
+        )
+        result = _parse(name, done.stdout + done.stderr, compile_seconds, done.returncode)
+        results.append(result)
+        if stop_at_first and not result.ok:
+            break
+    return results

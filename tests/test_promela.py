@@ -1,0 +1,135 @@
+"""The Promela model: generated from the code, current, and checked by Spin."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from tests.verify_support import ROOT, require_spin, run_module
+
+from cortex_fsm.errors import Outcome
+from cortex_fsm.fleet import ModelStatus
+from cortex_fsm.verify import promela
+from cortex_fsm.verify.promela import OUTCOMES, AbstractionError, generate, routing_table
+from cortex_fsm.verify.spin import run_spin
+
+MODEL = ROOT / "models" / "cortex.pml"
+
+
+def test_the_committed_model_is_current() -> None:
+    assert MODEL.read_text() == generate(nodes=3, threshold=3), (
+        "models/cortex.pml is stale: run "
+        "`cortex-fsm export promela --nodes 3 --threshold 3 -o models/cortex.pml`"
+    )
+
+
+def test_export_writes_the_model(tmp_path: Path) -> None:
+    out = tmp_path / "m.pml"
+    done = run_module(
+        "cortex_fsm.verify", ["export", "promela", "--nodes", "2", "-o", str(out)], cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == generate(nodes=2, threshold=3)
+    bad = run_module("cortex_fsm.verify", ["export", "promela", "--nodes", "4"], cwd=tmp_path)
+    assert bad.returncode == 2
+
+
+def _entry(table: list[int], catalogued: int, *digits: int) -> tuple[Outcome, int]:
+    index = catalogued + 2 * sum(d * 32**i for i, d in enumerate(digits))
+    return OUTCOMES[table[index] // 4], table[index] % 4
+
+
+def _digit(routable: int, status: int, fit: int, pin: int) -> int:
+    return routable + 2 * status + 8 * fit + 16 * pin
+
+
+def test_the_routing_table_is_decide() -> None:
+    table = routing_table(2, 3)
+    assert len(table) == 2 * 32**2
+    absent, loaded, unloaded, recovering = range(4)
+    # n0 routable and fits, n1 down: cold load on n0
+    assert _entry(table, 1, _digit(1, absent, 1, 0), _digit(0, absent, 1, 0)) == (
+        Outcome.COLD_LOAD,
+        1,
+    )
+    # n0 routable but too small, n1 fits but down: feasible_node_unhealthy (R1)
+    assert _entry(table, 1, _digit(1, absent, 0, 0), _digit(0, absent, 1, 0)) == (
+        Outcome.FEASIBLE_NODE_UNHEALTHY,
+        0,
+    )
+    # pinned on n1 only, n1 down: n0 fits but is not a candidate
+    assert _entry(table, 1, _digit(1, absent, 1, 0), _digit(0, absent, 1, 1)) == (
+        Outcome.FEASIBLE_NODE_UNHEALTHY,
+        0,
+    )
+    # both loaded: the first by name
+    assert _entry(table, 0, _digit(1, loaded, 0, 0), _digit(1, loaded, 0, 0)) == (
+        Outcome.ROUTE_LOADED,
+        1,
+    )
+    # recovering on a routable node blocks the cold load (R4)
+    assert _entry(table, 1, _digit(1, recovering, 1, 0), _digit(1, unloaded, 1, 0)) == (
+        Outcome.MODEL_RECOVERING,
+        0,
+    )
+    assert _entry(table, 0, _digit(0, loaded, 0, 0), _digit(0, absent, 0, 0)) == (
+        Outcome.NO_HEALTHY_NODES,
+        0,
+    )
+
+
+def test_the_export_refuses_a_decide_that_depends_on_node_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = promela.decide
+
+    def first_seen(fleet, catalogue, requested):  # type: ignore[no-untyped-def]
+        decision = real(fleet, catalogue, requested)
+        holders = [
+            n.name
+            for n in fleet.holders("m")
+            if n.routable and n.models["m"].status in (ModelStatus.LOADED, ModelStatus.RELOADING)
+        ]
+        if decision.outcome is Outcome.ROUTE_LOADED and holders:
+            import attrs
+
+            return attrs.evolve(decision, node=holders[0])
+        return decision
+
+    monkeypatch.setattr(promela, "decide", first_seen)
+    with pytest.raises(AbstractionError, match="reverse order"):
+        routing_table(2, 3)
+
+
+def test_spin_checks_the_safety_invariants_and_liveness(tmp_path: Path) -> None:
+    require_spin()
+    start = time.perf_counter()
+    results = {r.name: r for r in run_spin(MODEL, tmp_path)}
+    wall = time.perf_counter() - start
+    for r in results.values():
+        print(
+            f"\nspin {r.name}: {r.detail}; {r.states} states, {r.transitions} transitions, "
+            f"depth {r.depth}, {r.seconds:.1f} s ({r.rate:.0f} states/s), "
+            f"{r.memory_mb:.0f} MB; compile {r.compile_seconds:.1f} s"
+        )
+    print(f"spin total {wall:.1f} s")
+    assert set(results) == {"safety", "liveness"}
+    assert all(r.ok for r in results.values()), results
+    assert results["safety"].states > 1_000_000
+
+
+def test_spin_finds_a_broken_model(tmp_path: Path) -> None:
+    """The searches have teeth: a table edit that breaks H4 (an unhealthy node no
+    longer recovers) is an assertion violation, and with assertions off it is
+    an acceptance cycle of the liveness claim."""
+    require_spin()
+    text = generate(nodes=2, threshold=2).replace(
+        "NEXT_OK[S_UNHEALTHY] = S_HEALTHY;", "NEXT_OK[S_UNHEALTHY] = S_UNHEALTHY;"
+    )
+    assert "NEXT_OK[S_UNHEALTHY] = S_UNHEALTHY;" in text
+    model = tmp_path / "broken.pml"
+    model.write_text(text)
+    results = run_spin(model, tmp_path / "run")
+    assert not results[0].ok and "H4" in results[0].detail
+    assert not results[1].ok
