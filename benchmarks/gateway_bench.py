@@ -2,7 +2,7 @@
 
 Run it from the repository (any machine, loopback only, free ports)::
 
-    python benchmarks/gateway_bench.py [--duration 3] [--rounds 2] [--concurrency 1 32]
+    python benchmarks/gateway_bench.py [--duration 3] [--rounds 5] [--concurrency 1 32]
 
 It starts a simulated neuron (``token_latency`` 0, so the fake costs as little
 as possible and the gateway is what is measured) and a gateway in front of
@@ -12,9 +12,16 @@ same run, alternating between the two paths. The load generator is a minimal
 keep-alive HTTP/1.1 client on asyncio (one connection per worker), so it
 costs little next to what it measures.
 
-Output: a Markdown table plus the two ratios the targets are about (the
-gateway adds <= 1 ms p50 at concurrency 1; keeps >= 50% of the direct
-throughput at concurrency 32), ready to paste into ``docs/performance.md``.
+Each row is measured ``--rounds`` times; in every round the direct and the
+gateway measurement run back to back (alternating which goes first), so the
+two ratios are taken per round and a noisy neighbour affects both sides of a
+pair alike. The CPU time each process (load generator, neuron, gateway) spends
+per request is measured over the timed window of each round.
+
+Output: a Markdown table (medians of the rounds) plus the two ratios the
+targets are about (the gateway adds <= 1 ms p50 at concurrency 1; keeps >= 50%
+of the direct throughput at concurrency 32) as median and range over the
+rounds, ready to paste into ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL = "bench/Model-1B"
@@ -138,11 +146,41 @@ async def _drive(port: int, concurrency: int, duration: float) -> tuple[list[flo
     return latencies, errors
 
 
-def _measure(port: int, concurrency: int, duration: float) -> tuple[list[float], list[str], float]:
+@dataclass
+class _Run:
+    """One timed measurement of one path at one concurrency."""
+
+    rate: float  # requests/s
+    p50: float  # ms
+    p99: float  # ms
+    errors: list[str]
+    cpu: dict[str, float]  # process -> CPU µs per request (NaN where unknown)
+    busy: float  # CPU seconds used by the three processes per wall second
+
+
+def _measure(port: int, concurrency: int, duration: float, pids: dict[str, int]) -> _Run:
     asyncio.run(_drive(port, concurrency, 0.3))  # warm up connections and caches
+    before = {who: _cpu_seconds(pid) for who, pid in pids.items()}
+    own = time.process_time()  # the load generator runs in this process
     start = time.perf_counter()
     latencies, errors = asyncio.run(_drive(port, concurrency, duration))
-    return latencies, errors, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    own = time.process_time() - own
+    after = {who: _cpu_seconds(pid) for who, pid in pids.items()}
+    count = max(1, len(latencies))
+    cpu = {"client": own / count * 1e6}
+    for who, b in before.items():
+        a = after[who]
+        cpu[who] = math.nan if a is None or b is None else (a - b) / count * 1e6
+    total = sum(x for x in cpu.values() if not math.isnan(x)) * count / 1e6
+    return _Run(
+        rate=len(latencies) / elapsed,
+        p50=statistics.median(latencies) * 1000 if latencies else math.nan,
+        p99=_percentile(latencies, 0.99) * 1000 if latencies else math.nan,
+        errors=errors,
+        cpu=cpu,
+        busy=total / elapsed,
+    )
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -160,10 +198,23 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def _spread(values: Sequence[float], fmt: str) -> str:
+    """``median (min-max)`` of per-round values."""
+    return (
+        f"{format(statistics.median(values), fmt)} "
+        f"({format(min(values), fmt)}-{format(max(values), fmt)})"
+    )
+
+
+def _cpu_cell(values: Sequence[float]) -> str:
+    known = [v for v in values if not math.isnan(v)]
+    return "-" if not known else f"{statistics.median(known):.0f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="measurements per path and level")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements per path and level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -176,25 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     neuron, neuron_port = _start("neuron")
     gateway, gateway_port = _start("gateway", f"http://127.0.0.1:{neuron_port}")
-    results: dict[tuple[int, str], tuple[list[float], float, list[str]]] = {}
-    cpu: dict[tuple[int, str], float] = {}  # seconds of gateway / neuron CPU per row
+    pids = {"gateway": gateway.pid, "neuron": neuron.pid}
+    runs: dict[tuple[int, str], list[_Run]] = {}
     try:
         for concurrency in args.concurrency:
-            for _ in range(args.rounds):
-                for path, port in (("direct", neuron_port), ("gateway", gateway_port)):
-                    before = _cpu_seconds(gateway.pid), _cpu_seconds(neuron.pid)
-                    latencies, errors, elapsed = _measure(port, concurrency, args.duration)
-                    after = _cpu_seconds(gateway.pid), _cpu_seconds(neuron.pid)
-                    prev = results.get((concurrency, path), ([], 0.0, []))
-                    results[(concurrency, path)] = (
-                        prev[0] + latencies,
-                        prev[1] + elapsed,
-                        prev[2] + errors,
-                    )
-                    for who, b, a in zip(("gateway", "neuron"), before, after, strict=True):
-                        if a is not None and b is not None:
-                            key = (concurrency, f"{path}:{who}")
-                            cpu[key] = cpu.get(key, 0.0) + a - b
+            for round_ in range(args.rounds):
+                # Both paths back to back, in alternating order (a pair per round).
+                paths = [("direct", neuron_port), ("gateway", gateway_port)]
+                for path, port in paths if round_ % 2 == 0 else paths[::-1]:
+                    run = _measure(port, concurrency, args.duration, pids)
+                    runs.setdefault((concurrency, path), []).append(run)
     finally:
         for proc in (gateway, neuron):
             proc.terminate()
@@ -203,39 +245,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("## Gateway overhead (benchmarks/gateway_bench.py)\n")
     print(
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; simulated neuron with token_latency 0; "
-        f"{args.rounds} x {args.duration:g} s per row; non-streaming chat completions, "
-        "one keep-alive connection per client.\n"
+        f"{os.cpu_count()} CPUs; simulated neuron with token_latency 0; non-streaming chat "
+        f"completions, one keep-alive connection per client; {args.rounds} rounds of "
+        f"{args.duration:g} s per row (direct and gateway back to back in each round, "
+        "alternating which goes first); medians of the rounds, CPU time per request "
+        "measured over the timed window of each round.\n"
     )
     print(
         "| concurrency | path | requests/s | p50 ms | p99 ms | errors "
-        "| neuron CPU µs/req | gateway CPU µs/req |"
+        "| client CPU µs/req | neuron CPU µs/req | gateway CPU µs/req |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    summary: dict[tuple[int, str], tuple[float, float]] = {}
-    for (concurrency, path), (latencies, elapsed, errors) in sorted(results.items()):
-        rate = len(latencies) / elapsed
-        p50 = statistics.median(latencies) * 1000
-        p99 = _percentile(latencies, 0.99) * 1000
-        summary[(concurrency, path)] = (rate, p50)
-        per = [
-            cpu.get((concurrency, f"{path}:{who}"), math.nan) / len(latencies) * 1e6
-            for who in ("neuron", "gateway")
-        ]
-        shown = [
-            "-" if math.isnan(x) or (path == "direct" and i == 1) else f"{x:.0f}"
-            for i, x in enumerate(per)
-        ]
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (concurrency, path), rows in sorted(runs.items()):
+        errors = sum(len(r.errors) for r in rows)
+        gateway_cpu = "-" if path == "direct" else _cpu_cell([r.cpu["gateway"] for r in rows])
         print(
-            f"| {concurrency} | {path} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {len(errors)} "
-            f"| {shown[0]} | {shown[1]} |"
+            f"| {concurrency} | {path} | {statistics.median(r.rate for r in rows):,.0f} "
+            f"| {statistics.median(r.p50 for r in rows):.3f} "
+            f"| {statistics.median(r.p99 for r in rows):.3f} | {errors} "
+            f"| {_cpu_cell([r.cpu['client'] for r in rows])} "
+            f"| {_cpu_cell([r.cpu['neuron'] for r in rows])} | {gateway_cpu} |"
         )
     print()
     low, high = min(args.concurrency), max(args.concurrency)
-    added = summary[(low, "gateway")][1] - summary[(low, "direct")][1]
-    kept = summary[(high, "gateway")][0] / summary[(high, "direct")][0]
-    print(f"- added p50 latency at concurrency {low}: {added:.3f} ms (target <= 1 ms)")
-    print(f"- throughput kept at concurrency {high}: {kept:.0%} of direct (target >= 50%)")
+    added = [
+        g.p50 - d.p50 for d, g in zip(runs[(low, "direct")], runs[(low, "gateway")], strict=True)
+    ]
+    kept = [
+        g.rate / d.rate * 100
+        for d, g in zip(runs[(high, "direct")], runs[(high, "gateway")], strict=True)
+    ]
+    gateway_cpu = [r.cpu["gateway"] for r in runs[(high, "gateway")]]
+    if not any(math.isnan(x) for x in gateway_cpu):
+        print(
+            f"- **gateway CPU per request at concurrency {high}: "
+            f"{_spread(gateway_cpu, '.0f')} µs** (median, min-max of the rounds)"
+        )
+    print(
+        f"- added p50 latency at concurrency {low}: {_spread(added, '.3f')} ms "
+        "(target <= 1 ms; per round, gateway minus direct)"
+    )
+    print(
+        f"- throughput kept at concurrency {high}: {_spread(kept, '.0f')} % of direct "
+        "(target >= 50%; per round, gateway / direct)"
+    )
+    busy = [r.busy for r in runs[(high, "gateway")]]
+    print(
+        f"- CPU in use in the gateway rows at concurrency {high}: {_spread(busy, '.2f')} "
+        f"cores of {os.cpu_count()} (client + gateway + neuron); throughput is that "
+        "divided by the three CPU columns added up, so the gateway's column decides "
+        "how much of the direct throughput is kept"
+    )
     try:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"- load average at the end of the run: {load} ({os.cpu_count()} CPUs)")
