@@ -13,9 +13,9 @@ profile, a node name and that node's cached discovery.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import attrs
 
@@ -31,6 +31,7 @@ __all__ = [
     "load_models_toml",
     "load_spec",
     "pin_key",
+    "read_toml",
 ]
 
 
@@ -204,16 +205,24 @@ def catalogue_from_mapping(data: Mapping[str, object], *, where: str) -> Catalog
     return Catalogue(profiles=profiles, aliases=aliases)
 
 
-def load_models_toml(path: str | Path) -> Catalogue:
-    """Read the gateway's ``models.toml``."""
-    path = Path(path)
+def read_toml(path: str | os.PathLike[str]) -> dict[str, object]:
+    """A TOML file as a dict; every problem is a ConfigError naming the file."""
+    where = os.fspath(path)
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        with open(where, "rb") as fh:
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a TOML file") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return catalogue_from_mapping(data, where=str(path))
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not valid UTF-8") from None
+
+
+def load_models_toml(path: str | os.PathLike[str]) -> Catalogue:
+    """Read the gateway's ``models.toml``."""
+    return catalogue_from_mapping(read_toml(path), where=os.fspath(path))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..catalogue import Catalogue, catalogue_from_mapping, load_models_toml
+from ..catalogue import Catalogue, catalogue_from_mapping, load_models_toml, read_toml
 from ..errors import ConfigError
 from ..fleet import Neuron
 from ..policy import POLICY_KEYS, Policy
@@ -253,18 +252,5 @@ def config_from_mapping(
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate a ``cortex.toml``."""
     path = Path(path)
-    where = str(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not valid UTF-8") from None
-    return config_from_mapping(data, where=where, base_dir=path.parent)
+    data = read_toml(path)
+    return config_from_mapping(data, where=str(path), base_dir=path.parent)
