@@ -50,3 +50,50 @@ def test_every_proof_file_holds_only_harnesses_with_contracts() -> None:
             if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")
         ]
         assert sorted(public) == sorted(proof_functions(path)), path.name
+
+
+_CONCURRENT_PARSES = """
+import gc, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from cortex_fsm.verify.proofs import proof_functions
+
+# Force thread switches inside the AST constructor: frequent switching, and
+# garbage collections that run a finalizer (which yields the GIL).
+sys.setswitchinterval(1e-6)
+gc.set_threshold(50, 1, 1)
+
+class Cycle:
+    def __del__(self):
+        time.sleep(0)
+
+def parse_many(path):
+    for _ in range(200):
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+        del a, b
+        proof_functions(path)
+    return 1
+
+path = Path(sys.argv[1])
+with ThreadPoolExecutor(8) as pool:
+    print(sum(pool.map(parse_many, [path] * 8)))
+"""
+
+
+def test_proof_functions_is_safe_from_many_threads() -> None:
+    """The proofs are read from worker threads (run_proofs, the kill matrix);
+    CPython 3.11 before 3.11.8 corrupts concurrent ``ast.parse`` calls
+    ("AST constructor recursion depth mismatch") unless they are serialised."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CONCURRENT_PARSES, str(PROOFS / "health_proofs.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "8"

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,9 +87,18 @@ def crosshair_command() -> list[str]:
     return [found]
 
 
+#: ``ast.parse`` is not thread-safe on CPython 3.11 before 3.11.8 (the AST
+#: constructor's recursion counter is process-global, and concurrent parses
+#: fail with "AST constructor recursion depth mismatch"); proofs run from
+#: worker threads, both here and in the mutant kill matrix.
+_AST_LOCK = threading.Lock()
+
+
 def proof_functions(path: Path) -> dict[str, tuple[int, int]]:
     """Functions of a proof file that carry a ``post:`` contract -> (first, last) line."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    source = path.read_text(encoding="utf-8")
+    with _AST_LOCK:
+        tree = ast.parse(source, filename=str(path))
     out = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
