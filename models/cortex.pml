@@ -2126,6 +2126,8 @@ c_decl {
 hidden byte NEXT_OK[NSTATES];
 hidden byte NEXT_FAILED[NSTATES];
 hidden byte ROUTABLE[NSTATES];
+hidden byte AFTER_OK[16];     /* the engine's status of m after a poll_ok */
+hidden byte AFTER_FAILED[4]; /* ... and after a poll_failed */
 hidden short STATUS[NOUTCOMES];   /* HTTP status the client sees */
 hidden byte RETRY[NOUTCOMES];     /* Retry-After seconds, 0 for none */
 hidden byte ROUTED[NOUTCOMES];
@@ -2146,8 +2148,8 @@ bit routed;          /* the last request was routed */
 /* scratch, reset within each step (not part of any stored state) */
 int idx;
 byte dec;
-hidden byte o, chosen, i2, before;
-hidden byte H1, H2, H3, H4, R1, R2, R3, R4, R6, R7, any, pinned_candidate;
+hidden byte o, chosen, i2, before, rep;
+hidden byte H1, H2, H3, H4, F1, R1, R2, R3, R4, R6, R7, any, pinned_candidate;
 
 #define ROUTABLE_AT(i) ROUTABLE[h[i]]
 #define INPIN(i) (pin[i] || !(pin[0] || pin[1] || pin[2]))
@@ -2169,19 +2171,29 @@ inline check_health(i) {
 
 proctype poller(byte i) {
   do
-  :: atomic {  /* poll_ok: the node answers, reporting m in some status */
+  :: atomic {  /* poll_ok: the node answers, reporting m in some status (or not) */
        h[i] = NEXT_OK[h[i]];
        if
-       :: st[i] = ABSENT
-       :: st[i] = LOADED
-       :: st[i] = UNLOADED
-       :: st[i] = RECOVERING
+       :: rep = ABSENT
+       :: rep = LOADED
+       :: rep = UNLOADED
+       :: rep = RECOVERING
        fi;
+       st[i] = AFTER_OK[st[i] * 4 + rep];
+       /* F1: the model map is what the last successful poll said */
+       F1 = (st[i] == rep);
+       assert(F1);
+       rep = 0;
        ever_ok[i] = 1; streak[i] = 0; armed[i] = 0;
        if :: i == 0 -> ok0 = 1 :: else -> skip fi;
        check_health(i)
      }
-  :: atomic {  /* poll_failed: the model map is kept */
+  :: atomic {  /* poll_failed */
+       before = st[i];
+       st[i] = AFTER_FAILED[st[i]];
+       /* F1: a failed poll keeps the model map */
+       F1 = (st[i] == before);
+       assert(F1);
        before = ROUTABLE_AT(i);
        if :: streak[i] == 0 -> armed[i] = before :: else -> skip fi;
        if
@@ -2289,6 +2301,26 @@ init {
     STATUS[FEASIBLE_NODE_UNHEALTHY] = 503; RETRY[FEASIBLE_NODE_UNHEALTHY] = 3; ROUTED[FEASIBLE_NODE_UNHEALTHY] = 0; COLD[FEASIBLE_NODE_UNHEALTHY] = 0;
     STATUS[NO_FEASIBLE_NEURON] = 404; RETRY[NO_FEASIBLE_NEURON] = 0; ROUTED[NO_FEASIBLE_NEURON] = 0; COLD[NO_FEASIBLE_NEURON] = 0;
     STATUS[MODEL_NOT_FOUND] = 404; RETRY[MODEL_NOT_FOUND] = 0; ROUTED[MODEL_NOT_FOUND] = 0; COLD[MODEL_NOT_FOUND] = 0;
+    AFTER_OK[0] = ABSENT;
+    AFTER_OK[1] = LOADED;
+    AFTER_OK[2] = UNLOADED;
+    AFTER_OK[3] = RECOVERING;
+    AFTER_OK[4] = ABSENT;
+    AFTER_OK[5] = LOADED;
+    AFTER_OK[6] = UNLOADED;
+    AFTER_OK[7] = RECOVERING;
+    AFTER_OK[8] = ABSENT;
+    AFTER_OK[9] = LOADED;
+    AFTER_OK[10] = UNLOADED;
+    AFTER_OK[11] = RECOVERING;
+    AFTER_OK[12] = ABSENT;
+    AFTER_OK[13] = LOADED;
+    AFTER_OK[14] = UNLOADED;
+    AFTER_OK[15] = RECOVERING;
+    AFTER_FAILED[0] = ABSENT;
+    AFTER_FAILED[1] = LOADED;
+    AFTER_FAILED[2] = UNLOADED;
+    AFTER_FAILED[3] = RECOVERING;
   };
   atomic {
     /* the configuration: any catalogue entry, any topologies, any pinning */

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 from tests.verify_support import ROOT, require_spin, run_module
 
+from cortex_fsm.engine import Engine
 from cortex_fsm.errors import Outcome
-from cortex_fsm.fleet import ModelStatus
+from cortex_fsm.fleet import ModelsReport, ModelStatus
 from cortex_fsm.verify import promela
-from cortex_fsm.verify.promela import OUTCOMES, AbstractionError, generate, routing_table
+from cortex_fsm.verify.promela import (
+    OUTCOMES,
+    AbstractionError,
+    generate,
+    model_map_tables,
+    routing_table,
+)
 from cortex_fsm.verify.spin import run_spin
 
 MODEL = ROOT / "models" / "cortex.pml"
@@ -133,3 +140,42 @@ def test_spin_finds_a_broken_model(tmp_path: Path) -> None:
     results = run_spin(model, tmp_path / "run")
     assert not results[0].ok and "H4" in results[0].detail
     assert not results[1].ok
+
+
+def test_the_model_map_tables_are_the_engine() -> None:
+    """A successful poll replaces the map (F1); a failed one keeps it."""
+    after_ok, after_failed = model_map_tables()
+    n = len(promela.STATUSES)
+    assert after_ok == [reported for _previous in range(n) for reported in range(n)]
+    assert after_failed == list(range(n))
+    text = generate(nodes=1, threshold=1)
+    assert "st[i] = AFTER_OK[st[i] * 4 + rep];" in text
+    assert "AFTER_OK[4] = ABSENT;" in text  # held loaded, reported absent: gone
+
+
+def test_the_export_refuses_an_engine_that_keeps_stale_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = Engine.observe_models
+
+    def keep_stale(self, node, t, result):  # type: ignore[no-untyped-def]
+        if isinstance(result, ModelsReport):
+            kept = {m: e.status for m, e in self.status(node).models.items()}
+            result = ModelsReport(models={**kept, **result.models})
+        return real(self, node, t, result)
+
+    monkeypatch.setattr(Engine, "observe_models", keep_stale)
+    with pytest.raises(AbstractionError, match="model map is not a function"):
+        model_map_tables()
+
+
+def test_spin_finds_a_model_map_that_drifts(tmp_path: Path) -> None:
+    """F1 has teeth in the model: a table entry that keeps a model the poll no
+    longer reported is an assertion violation."""
+    require_spin()
+    text = generate(nodes=2, threshold=2).replace("AFTER_OK[4] = ABSENT;", "AFTER_OK[4] = LOADED;")
+    assert "AFTER_OK[4] = LOADED;" in text
+    model = tmp_path / "drift.pml"
+    model.write_text(text)
+    results = run_spin(model, tmp_path / "run", stop_at_first=True)
+    assert not results[0].ok and "F1" in results[0].detail, results

@@ -280,8 +280,14 @@ def _spin(ctx: Context) -> Verdict:
         if "AbstractionError" in done.stderr:
             # The generator checks, on every abstract input, that the code's answer
             # depends only on what the model tracks; a mutant that makes it depend
-            # on node order is refused there, before Spin runs.
-            cause = "order dependence (R5)" if "reverse order" in done.stderr else "abstraction"
+            # on node order, or makes the engine's model map depend on more than
+            # the last successful poll, is refused there, before Spin runs.
+            if "reverse order" in done.stderr:
+                cause = "order dependence (R5)"
+            elif "model map" in done.stderr:
+                cause = "the model map is not what the polls said (F1)"
+            else:
+                cause = "abstraction"
             return Verdict(caught=True, detail=f"export refused: {cause}", seconds=seconds)
         return Verdict(caught=None, detail="export failed: " + _tail(done), seconds=seconds)
     results = run_spin(model, ctx.work / "spin", stop_at_first=True)

@@ -11,6 +11,14 @@ by hand:
   arrays. Each node has a poller process that, at any time, makes the node
   answer a poll (and report the model in any status) or fail one.
 
+* **The engine's model-map bookkeeping.** What the engine holds for ``m`` on
+  a node after a successful poll reporting it in some status (or not at
+  all), and after a failed poll, is read from a real :class:`Engine` for
+  every abstract (previous, reported) pair, under both concretisations, and
+  emitted as two constant arrays; the pollers update ``st`` through them
+  and assert F1 (the map is what the last successful poll said; a failed
+  poll keeps it).
+
 * **The routing classification.** Routing is abstracted to one catalogued (or
   uncatalogued) model ``m`` and, per node, four features: routable, the
   status of ``m`` on it (absent, loaded, unloaded, recovering), whether its
@@ -28,7 +36,7 @@ by hand:
 Spin then explores every interleaving of polls and requests and checks, as
 assertions, H1-H4 (with the same poll-history monitor as
 :class:`~cortex_fsm.verify.invariants.PollHistory`) after every poll and
-R1-R4, R6 and R7 on every request's decision, and as an LTL property
+F1 after every poll, R1-R4, R6 and R7 on every request's decision, and as an LTL property
 (``live``): if the model is catalogued, node 0 is feasible, and from some
 point on node 0 answers every poll and no node reports the model
 recovering, then requests are routed infinitely often (never rejected
@@ -41,8 +49,19 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 from ..catalogue import Catalogue, Profile
+from ..engine import Engine
 from ..errors import Outcome
-from ..fleet import Device, Discovery, FleetSnapshot, ModelEntry, ModelStatus, NodeSnapshot
+from ..fleet import (
+    Device,
+    Discovery,
+    FleetSnapshot,
+    ModelEntry,
+    ModelsReport,
+    ModelStatus,
+    Neuron,
+    NodeSnapshot,
+    PollFailure,
+)
 from ..health import Event, HealthState, HealthTable, Phase, validate_threshold
 from ..routing import Decision, decide
 from .invariants import OrderedView
@@ -53,6 +72,7 @@ __all__ = [
     "STATUSES",
     "AbstractionError",
     "generate",
+    "model_map_tables",
     "routing_table",
 ]
 
@@ -92,6 +112,69 @@ class AbstractionError(AssertionError):
 
 def _names(nodes: int) -> tuple[str, ...]:
     return tuple(f"n{i}" for i in range(nodes))
+
+
+def _abstract(status: ModelStatus | None) -> int:
+    """The abstract status code of a concrete status (``None``: not in the map)."""
+    for code, (_name, concrete) in enumerate(STATUSES):
+        if status in concrete:
+            return code
+    raise AbstractionError(f"the model does not track the status {status}")
+
+
+def model_map_tables() -> tuple[list[int], list[int]]:
+    """The engine's own bookkeeping of ``m`` on one node, per abstract status.
+
+    ``after_ok[previous * n + reported]`` is what the engine holds after a
+    successful poll that reports ``m`` as ``reported`` (``ABSENT``: not at
+    all) when it held ``previous``; ``after_failed[previous]`` is what it
+    holds after a failed poll. Each entry is read from a real
+    :class:`~cortex_fsm.engine.Engine` under both concretisations of the two
+    statuses, which must agree.
+    """
+
+    def held(previous: ModelStatus | None, then: ModelsReport | PollFailure) -> int:
+        engine = Engine([Neuron(name="n0", endpoint="http://n0")])
+        first = {} if previous is None else {MODEL: previous}
+        engine.observe_models(
+            "n0", 0.0, ModelsReport(models={"other": ModelStatus.LOADED, **first})
+        )
+        engine.observe_models("n0", 1.0, then)
+        entry = engine.status("n0").models.get(MODEL)
+        return _abstract(None if entry is None else entry.status)
+
+    def agreed(answers: list[int], what: str) -> int:
+        if len(set(answers)) != 1:
+            raise AbstractionError(
+                f"the engine's model map is not a function of the model's features: {what} "
+                f"gives {' or '.join(STATUSES[a][0].lower() for a in sorted(set(answers)))} "
+                "depending on the concrete statuses"
+            )
+        return answers[0]
+
+    n = len(STATUSES)
+    after_ok = []
+    for previous, reported in itertools.product(range(n), range(n)):
+        answers = []
+        for v, w in itertools.product(range(2), range(2)):
+            concrete = STATUSES[reported][1][w]
+            report = {"other": ModelStatus.LOADED}
+            if concrete is not None:
+                report[MODEL] = concrete
+            answers.append(held(STATUSES[previous][1][v], ModelsReport(models=report)))
+        what = (
+            f"held {STATUSES[previous][0].lower()}, "
+            f"a successful poll reporting {STATUSES[reported][0].lower()}"
+        )
+        after_ok.append(agreed(answers, what))
+    after_failed = [
+        agreed(
+            [held(STATUSES[previous][1][v], PollFailure(reason="timeout")) for v in range(2)],
+            f"held {STATUSES[previous][0].lower()}, a failed poll",
+        )
+        for previous in range(n)
+    ]
+    return after_ok, after_failed
 
 
 def _representatives(threshold: int) -> tuple[tuple[HealthState, HealthState], ...]:
@@ -241,6 +324,7 @@ def generate(nodes: int = 3, threshold: int = 3) -> str:
     index = {s: i for i, s in enumerate(states)}
     healthy = index[HealthState(phase=Phase.HEALTHY)]
     table = routing_table(nodes, threshold)
+    after_ok, after_failed = model_map_tables()
     k = nodes
     out: list[str] = []
     w = out.append
@@ -293,6 +377,8 @@ def generate(nodes: int = 3, threshold: int = 3) -> str:
     w("hidden byte NEXT_OK[NSTATES];")
     w("hidden byte NEXT_FAILED[NSTATES];")
     w("hidden byte ROUTABLE[NSTATES];")
+    w(f"hidden byte AFTER_OK[{len(after_ok)}];     /* the engine's status of m after a poll_ok */")
+    w(f"hidden byte AFTER_FAILED[{len(after_failed)}]; /* ... and after a poll_failed */")
     w("hidden short STATUS[NOUTCOMES];   /* HTTP status the client sees */")
     w("hidden byte RETRY[NOUTCOMES];     /* Retry-After seconds, 0 for none */")
     w("hidden byte ROUTED[NOUTCOMES];")
@@ -313,8 +399,8 @@ def generate(nodes: int = 3, threshold: int = 3) -> str:
     w("/* scratch, reset within each step (not part of any stored state) */")
     w("int idx;")
     w("byte dec;")
-    w("hidden byte o, chosen, i2, before;")
-    w("hidden byte H1, H2, H3, H4, R1, R2, R3, R4, R6, R7, any, pinned_candidate;")
+    w("hidden byte o, chosen, i2, before, rep;")
+    w("hidden byte H1, H2, H3, H4, F1, R1, R2, R3, R4, R6, R7, any, pinned_candidate;")
     w("")
     w("#define ROUTABLE_AT(i) ROUTABLE[h[i]]")
     w("#define INPIN(i) (pin[i] || !(" + " || ".join(f"pin[{i}]" for i in range(k)) + "))")
@@ -336,17 +422,27 @@ def generate(nodes: int = 3, threshold: int = 3) -> str:
     w("")
     w("proctype poller(byte i) {")
     w("  do")
-    w("  :: atomic {  /* poll_ok: the node answers, reporting m in some status */")
+    w("  :: atomic {  /* poll_ok: the node answers, reporting m in some status (or not) */")
     w("       h[i] = NEXT_OK[h[i]];")
     w("       if")
     for name, _c in STATUSES:
-        w(f"       :: st[i] = {name}")
+        w(f"       :: rep = {name}")
     w("       fi;")
+    w(f"       st[i] = AFTER_OK[st[i] * {len(STATUSES)} + rep];")
+    w("       /* F1: the model map is what the last successful poll said */")
+    w("       F1 = (st[i] == rep);")
+    w("       assert(F1);")
+    w("       rep = 0;")
     w("       ever_ok[i] = 1; streak[i] = 0; armed[i] = 0;")
     w("       if :: i == 0 -> ok0 = 1 :: else -> skip fi;")
     w("       check_health(i)")
     w("     }")
-    w("  :: atomic {  /* poll_failed: the model map is kept */")
+    w("  :: atomic {  /* poll_failed */")
+    w("       before = st[i];")
+    w("       st[i] = AFTER_FAILED[st[i]];")
+    w("       /* F1: a failed poll keeps the model map */")
+    w("       F1 = (st[i] == before);")
+    w("       assert(F1);")
     w("       before = ROUTABLE_AT(i);")
     w("       if :: streak[i] == 0 -> armed[i] = before :: else -> skip fi;")
     w("       if")
@@ -451,6 +547,10 @@ def generate(nodes: int = 3, threshold: int = 3) -> str:
             f"ROUTED[{o.name}] = {1 if o.routed else 0}; COLD[{o.name}] = "
             f"{1 if o.cold_start else 0};"
         )
+    for i, value in enumerate(after_ok):
+        w(f"    AFTER_OK[{i}] = {STATUSES[value][0]};")
+    for i, value in enumerate(after_failed):
+        w(f"    AFTER_FAILED[{i}] = {STATUSES[value][0]};")
     w("  };")
     w("  atomic {")
     w("    /* the configuration: any catalogue entry, any topologies, any pinning */")
