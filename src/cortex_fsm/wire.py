@@ -24,13 +24,21 @@ JSON integers only: ``true`` is not 1 and ``1.0`` is not 1.
 
 from __future__ import annotations
 
-from typing import TypeGuard
+import json
+from typing import Any, TypeGuard
 
 import attrs
 
 from .fleet import STATUS_BY_TEXT, Device, Discovery, ModelsReport, ModelStatus, PollFailure
 
-__all__ = ["Invalid", "describe_json", "parse_discovery", "parse_health", "parse_models"]
+__all__ = [
+    "Invalid",
+    "describe_json",
+    "load_json",
+    "parse_discovery",
+    "parse_health",
+    "parse_models",
+]
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -43,6 +51,19 @@ class Invalid:
 # Unknown status strings read as loaded (reference behaviour).
 _status_get = STATUS_BY_TEXT.get
 _LOADED = ModelStatus.LOADED
+
+
+def load_json(data: bytes | str) -> Any:
+    """``json.loads`` for JSON from outside: every way it can be bad is a ``ValueError``.
+
+    Besides invalid JSON and invalid UTF-8 (already ``ValueError``), that
+    includes nesting deep enough to exhaust the parser's recursion limit,
+    which ``json`` reports as ``RecursionError``.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def describe_json(value: object) -> str:

@@ -173,7 +173,11 @@ class ScriptedNeuron:
     ``behaviour[key]`` for key ``load``, ``endpoint`` or ``forward`` is one of
     ``("status", code, body_bytes)``, ``"drop"`` (close without answering),
     ``"stall"`` (never answer), ``"short"`` (announce a longer body, send part,
-    close) or ``"sse-break"`` (an event stream that breaks after one event).
+    close), ``"sse-break"`` (an event stream that breaks after one event),
+    ``"sse-half"`` (... that breaks in the middle of its second event) or
+    ``"flood"`` (an endless event stream; ``flood_ended`` is set when the
+    connection is gone). ``polls[path]`` replaces the answer body of a poll
+    (``/discovery``, ``/models``, ``/health``) with the given bytes.
     """
 
     def __init__(self, name: str, *, gpus: int = 2, models: Sequence[tuple[str, str]] = ()):
@@ -181,6 +185,8 @@ class ScriptedNeuron:
         self.gpus = gpus
         self.models = dict(models)
         self.behaviour: dict[str, Any] = {}
+        self.polls: dict[str, bytes] = {}
+        self.flood_ended = anyio.Event()
         self.calls: list[tuple[str, str, bytes]] = []
         self.port: int | None = None
 
@@ -199,6 +205,9 @@ class ScriptedNeuron:
         body = await request.body()
         path = request.path
         self.calls.append((request.method, request.target, body))
+        if path in self.polls:
+            await responder.respond(200, [("content-type", "application/json")], self.polls[path])
+            return
         if path == "/discovery":
             devices = [
                 {"index": i, "name": "GPU", "vram_total_mb": 81920, "compute_capability": "9.0"}
@@ -237,6 +246,19 @@ class ScriptedNeuron:
             await responder.send(b'data: {"choices": []}\n\n')
             await anyio.sleep(0.05)
             await responder.abort()
+        elif action == "sse-half":
+            await responder.start(200, [("content-type", "text/event-stream")])
+            await responder.send(b'data: {"i": 0}\n\ndata: {"i": 1')
+            await anyio.sleep(0.05)
+            await responder.abort()
+        elif action == "flood":
+            await responder.start(200, [("content-type", "text/event-stream")])
+            event = b"data: " + b"x" * 65536 + b"\n\n"
+            try:
+                while True:
+                    await responder.send(event)
+            finally:
+                self.flood_ended.set()
         else:
             _, status, payload = action
             await responder.respond(status, [("content-type", "application/json")], payload)
@@ -246,3 +268,26 @@ async def _json(responder: Responder, status: int, value: object) -> None:
     await responder.respond(
         status, [("content-type", "application/json")], json.dumps(value).encode()
     )
+
+
+async def raw_exchange(url: str, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the gateway, read until it closes the connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    received: list[bytes] = []
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(data)
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    received.append(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+    return b"".join(received)
+
+
+def envelope(body: bytes) -> dict[str, Any]:
+    obj = json.loads(body)
+    assert set(obj) == {"error"}
+    assert set(obj["error"]) == {"message", "type", "code"}
+    error: dict[str, Any] = obj["error"]
+    return error

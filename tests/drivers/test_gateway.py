@@ -12,7 +12,9 @@ from gateway_support import (
     SMALL,
     ScriptedNeuron,
     chat_body,
+    envelope,
     neuron,
+    raw_exchange,
     running_fleet,
     wait_until,
 )
@@ -22,29 +24,6 @@ from cortex_fsm.drivers.http import HTTPClient
 from cortex_fsm.health import Phase
 
 pytestmark = pytest.mark.anyio
-
-
-async def raw_exchange(url: str, data: bytes, *, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to the gateway, read until it closes the connection."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    received: list[bytes] = []
-    async with await anyio.connect_tcp(host, int(port)) as stream:
-        await stream.send(data)
-        with anyio.fail_after(timeout):
-            while True:
-                try:
-                    received.append(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    break
-    return b"".join(received)
-
-
-def envelope(body: bytes) -> dict[str, Any]:
-    obj = json.loads(body)
-    assert set(obj) == {"error"}
-    assert set(obj["error"]) == {"message", "type", "code"}
-    error: dict[str, Any] = obj["error"]
-    return error
 
 
 async def test_routes_to_the_loaded_replica_and_touches_it(anyio_backend: str) -> None:

@@ -236,6 +236,39 @@ async def test_malformed_request_gets_400_and_server_stays_up(anyio_backend: str
             assert (await client.request("GET", url(address))).status == 200
 
 
+async def test_error_messages_show_bytes_not_python_reprs(anyio_backend: str) -> None:
+    async with running(echo) as address:
+        answer = await raw_exchange(address, b"HELLO\r\n\r\n")
+        message = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["message"]
+        assert "bytearray" not in message
+        assert "b'HELLO'" in message
+
+
+async def test_unsupported_http_versions_get_505(anyio_backend: str) -> None:
+    async with running(echo) as address:
+        for version in (b"9.9", b"2.0"):
+            answer = await raw_exchange(address, b"GET / HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 505 "), answer[:100]
+            assert b'"http_version_not_supported"' in answer
+        answer = await raw_exchange(address, b"GET / HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_content_length_with_transfer_encoding_is_refused(anyio_backend: str) -> None:
+    """RFC 9112 6.1: such a message is a request-smuggling risk; the answer is a
+    400 and the connection closes, so nothing pipelined after it is served."""
+    async with running(echo) as address:
+        smuggled = b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = await raw_exchange(
+            address,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + smuggled,
+        )
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.count(b"HTTP/1.1 ") == 1
+        assert b"both Content-Length and Transfer-Encoding" in answer
+
+
 async def test_expect_100_continue(anyio_backend: str) -> None:
     async with running(echo) as address, await anyio.connect_tcp(*address) as stream:
         head = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"

@@ -89,7 +89,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from cortex_fsm.drivers.http import (
+from ..wire import load_json
+from .http import (
     HTTPError,
     Request,
     Responder,
@@ -521,8 +522,8 @@ class FakeNeuron:
     async def _read_object(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            value = load_json(raw)
+        except ValueError:
             raise _BadRequest("request body is not valid JSON") from None
         if not isinstance(value, dict):
             raise _BadRequest("request body must be a JSON object")

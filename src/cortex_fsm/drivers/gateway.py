@@ -29,8 +29,8 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
+import secrets
 import signal
 import sys
 import time
@@ -57,6 +57,7 @@ from ..errors import (
 from ..fleet import ModelStatus
 from ..routing import Decision
 from ..trace import TraceWriter
+from ..wire import load_json
 from .config import GatewayConfig, load_config, parse_listen
 from .http import (
     HTTPClient,
@@ -109,6 +110,11 @@ _NOT_RELAYED: Final = frozenset(
     }
 )
 _FORWARDED_REQUEST_HEADERS: Final = ("accept", "x-request-id")
+#: Forwarded requests carry the tokens of the gateways they passed through, so
+#: a neuron endpoint that leads back to a gateway already on the path (or a
+#: chain longer than this) is answered 508 instead of looping.
+_HOP_HEADER: Final = "x-cortex-hop"
+_MAX_HOPS: Final = 8
 _SERVING: Final = (ModelStatus.LOADED, ModelStatus.RELOADING)
 _BUFFER_LIMIT: Final = 1 << 20  # bytes: framed answers up to this are read whole
 
@@ -155,6 +161,7 @@ class Gateway:
         self.address: tuple[str, int] | None = None
         """The bound ``(host, port)`` once running."""
         self.created = int(time.time())
+        self._hop = secrets.token_hex(8)
         self._endpoints = {n.name: n.endpoint for n in config.neurons}
         self._endpoint_cache: dict[tuple[str, str], tuple[int, str]] = {}
         self._loads: dict[tuple[str, str], _PendingLoad] = {}
@@ -260,11 +267,21 @@ class Gateway:
             )
             await _reply(responder, 408, body, [("connection", "close")])
             return
+        hops = _hops(request.header(_HOP_HEADER))
+        if self._hop in hops or len(hops) >= _MAX_HOPS:
+            message = (
+                "loop detected: this request has already passed through this gateway"
+                if self._hop in hops
+                else f"loop detected: this request has passed through {len(hops)} gateways"
+            )
+            _log.warning(json.dumps({"event": "loop_detected", "hops": len(hops)}))
+            await _reply(responder, 508, _envelope(message, "api_error", "loop_detected"))
+            return
         try:
-            payload: Any = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            payload: Any = load_json(raw)
+        except ValueError as exc:
             payload = None
-            problem = "the request body is not valid JSON"
+            problem = f"the request body is not valid JSON ({exc})"
         else:
             problem = "the request body must be a JSON object"
         if isinstance(payload, dict):
@@ -315,7 +332,8 @@ class Gateway:
         target = base + path
         if request.query:
             target += "?" + request.query
-        headers = [_JSON_TYPE]
+        hops = _hops(request.header(_HOP_HEADER))
+        headers = [_JSON_TYPE, (_HOP_HEADER, ",".join([*hops, self._hop]))]
         for name in _FORWARDED_REQUEST_HEADERS:
             value = request.header(name)
             if value is not None:
@@ -451,6 +469,8 @@ class Gateway:
         chunks = upstream.iter_bytes()
         timeout = self.config.request_timeout
         failed: BaseException | None = None
+        sending = False
+        tail = b"\n\n"  # the end of what was relayed (is an event stream between events?)
         with anyio.CancelScope() as scope:
             while True:
                 scope.deadline = anyio.current_time() + timeout
@@ -461,12 +481,23 @@ class Gateway:
                 except HTTPError as exc:
                     failed = exc
                     break
-                scope.deadline = math.inf
+                # A client that stops reading gets as long as the neuron would.
+                scope.deadline = anyio.current_time() + timeout
+                sending = True
                 try:
                     await responder.send(chunk)
                 except HTTPError:
                     return  # the client went away; leaving closes the upstream connection
+                sending = False
+                if chunk:
+                    tail = (tail + chunk)[-4:]
         if scope.cancelled_caught:
+            if sending:  # the client stopped reading: drop it (and the upstream with it)
+                _log.warning(
+                    json.dumps({"event": "client_stalled", "request": request_id, "node": node})
+                )
+                await responder.abort()
+                return
             failed = TimeoutError()
         if failed is None:
             with contextlib.suppress(HTTPError):
@@ -491,8 +522,11 @@ class Gateway:
             message = f"Neuron '{node}' failed while streaming '{decision.model}': {reason}"
             cls = REJECTS[Outcome.UPSTREAM_UNAVAILABLE]
             event = {"error": {"message": message, "type": cls.type, "code": cls.code}}
+            # End an event the neuron left half-sent, so the error is an event of its own.
+            between = tail.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+            data = b"data: " + json.dumps(event).encode() + b"\n\n"
             with contextlib.suppress(HTTPError):
-                await responder.send(b"data: " + json.dumps(event).encode() + b"\n\n")
+                await responder.send(data if between else b"\n\n" + data)
                 await responder.end()
                 return
         await responder.abort()
@@ -599,6 +633,13 @@ class Gateway:
             "policy": self.engine.policy.to_json(),
             "nodes": nodes,
         }
+
+
+def _hops(value: str | None) -> list[str]:
+    """The gateway tokens in an ``x-cortex-hop`` header."""
+    if not value:
+        return []
+    return [token for token in (part.strip() for part in value.split(",")) if token]
 
 
 def _tags(request_id: str, outcome: Outcome, node: str | None = None) -> list[tuple[str, str]]:

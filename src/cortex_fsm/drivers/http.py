@@ -91,6 +91,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import select
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn, TypeAlias, cast
@@ -101,6 +102,8 @@ import anyio.abc
 import attrs
 import h11
 from anyio.abc import SocketAttribute
+
+from ..wire import load_json
 
 __all__ = [
     "BodyTooLarge",
@@ -135,6 +138,9 @@ RequestBody: TypeAlias = bytes | AsyncIterable[bytes] | None
 """What a client request may carry."""
 
 _READ_SIZE: Final = 65536
+_VERSIONS: Final = (b"1.1", b"1.0")
+#: h11 quotes offending bytes as ``bytearray(b'...')``; messages show just ``b'...'``.
+_BYTEARRAY: Final = re.compile(r"bytearray\((b'[^']*'|b\"[^\"]*\")\)")
 _TARGET_CACHE_SIZE: Final = 1024
 # After a server-generated error we stop writing, then read and discard what
 # the client is still sending for a short while before closing. Closing a
@@ -232,6 +238,11 @@ def _has_header(headers: Sequence[tuple[str, str]], name: str) -> bool:
     return any(key.lower() == name for key, _ in headers)
 
 
+def _find_raw(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
+    """Whether h11's (lower-cased) ``headers`` hold ``name``."""
+    return any(key == name for key, _ in headers)
+
+
 def _head_size(first_line: int, headers: Sequence[tuple[bytes, bytes]]) -> int:
     return first_line + sum(len(name) + len(value) + 4 for name, value in headers)
 
@@ -273,7 +284,7 @@ class _Wire:
             return ConnectionClosedError(f"peer closed the connection mid-message ({exc})")
         if exc.error_status_hint == 431:
             return HeadersTooLarge(f"header section exceeds {self.limits.max_header_bytes} bytes")
-        return RemoteProtocolError(str(exc))
+        return RemoteProtocolError(_BYTEARRAY.sub(r"\1", str(exc)))
 
     async def _receive(self) -> bytes:
         if self.eof:
@@ -356,8 +367,8 @@ class Response:
     def json(self) -> Any:
         """The body decoded as JSON; raises :class:`InvalidJSON` if it is not."""
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return load_json(self.body)
+        except ValueError as exc:
             preview = self.body[:80]
             raise InvalidJSON(
                 f"response body (HTTP {self.status}) is not JSON: {exc}; starts with {preview!r}"
@@ -859,6 +870,7 @@ _ERROR_CODES: Final = {
     413: "request_too_large",
     431: "request_header_fields_too_large",
     500: "internal_error",
+    505: "http_version_not_supported",
 }
 
 
@@ -867,7 +879,7 @@ def default_error_response(status: int, message: str) -> tuple[Sequence[tuple[st
     envelope = {
         "error": {
             "message": message,
-            "type": "invalid_request_error" if status < 500 else "api_error",
+            "type": "invalid_request_error" if status < 500 or status == 505 else "api_error",
             "code": _ERROR_CODES.get(status, f"http_{status}"),
         }
     }
@@ -926,9 +938,18 @@ class _ServerConnection(_Wire):
         elif error is None:
             if isinstance(event, h11.Request):
                 size = _head_size(len(event.method) + len(event.target) + 11, event.headers)
-                if size <= self.limits.max_header_bytes:
+                if size > self.limits.max_header_bytes:
+                    error = (431, f"header section exceeds {self.limits.max_header_bytes} bytes")
+                elif event.http_version not in _VERSIONS:
+                    shown = event.http_version.decode("ascii", "replace")
+                    error = (505, f"HTTP/{shown} is not supported (HTTP/1.1 and 1.0 are)")
+                elif _find_raw(event.headers, b"transfer-encoding") and _find_raw(
+                    event.headers, b"content-length"
+                ):
+                    # RFC 9112 6.1: a message with both is a smuggling risk; refuse it.
+                    error = (400, "malformed request: both Content-Length and Transfer-Encoding")
+                else:
                     return event
-                error = (431, f"header section exceeds {self.limits.max_header_bytes} bytes")
             else:
                 return None  # ConnectionClosed (or nothing more to read)
         await self._send_error(*error)

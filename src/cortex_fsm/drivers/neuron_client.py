@@ -15,6 +15,7 @@ Timeouts belong to the caller: wrap a call in ``anyio.fail_after``; the
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ import attrs
 
 from ..catalogue import LoadSpec
 from ..errors import IOCause
+from ..wire import load_json
 from .http import (
     ConnectError,
     ConnectionClosedError,
@@ -41,6 +43,7 @@ __all__ = [
     "load_body",
     "rewrite_loopback",
     "transport_reason",
+    "url_problem",
 ]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
@@ -92,8 +95,35 @@ def transport_reason(exc: BaseException) -> str:
 
 
 def endpoint_path(model_id: str) -> str:
-    """``/models/{id}/endpoint`` with the id percent-encoded (``/`` too)."""
-    return f"/models/{quote(model_id, safe='')}/endpoint"
+    """``/models/{id}/endpoint`` with the id percent-encoded (``/`` too).
+
+    Raises ``ValueError`` for an id that is not valid Unicode (a lone
+    surrogate, which JSON's ``\\ud800`` escapes can produce).
+    """
+    try:
+        return f"/models/{quote(model_id, safe='')}/endpoint"
+    except UnicodeEncodeError:
+        raise ValueError(f"the model id {model_id!r} is not valid Unicode") from None
+
+
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an inference base URL (``http://host[:port][/path]``), or ``None``."""
+    if not url.startswith("http://"):
+        return "not an http:// URL"
+    if not url.isascii() or _UNSAFE_IN_URL.search(url):
+        return "it holds spaces, control or non-ASCII characters"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - validates the port (range, digits)
+    except ValueError as exc:
+        return str(exc)
+    if not host:
+        return "it has no host"
+    return None
 
 
 def load_body(spec: LoadSpec) -> bytes:
@@ -106,15 +136,17 @@ def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
 
     Port, path and query of ``url`` are kept; the result has no trailing ``/``.
     """
-    parts = urlsplit(url)
-    host = parts.hostname
-    if host is not None and host.lower() in LOOPBACK_HOSTS:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
         target = urlsplit(neuron_endpoint).hostname
-        if target:
-            shown = f"[{target}]" if ":" in target else target
-            port = parts.port
-            netloc = shown if port is None else f"{shown}:{port}"
-            url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return url.rstrip("/")  # not a URL we can rewrite: left for the caller to refuse
+    if host is not None and host.lower() in LOOPBACK_HOSTS and target:
+        shown = f"[{target}]" if ":" in target else target
+        netloc = shown if port is None else f"{shown}:{port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return url.rstrip("/")
 
 
@@ -144,8 +176,8 @@ class NeuronClient:
         if not 200 <= resp.status < 300:
             return Fetched.failure(f"status:{resp.status}")
         try:
-            body: Any = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
+            body: Any = load_json(resp.body)
+        except ValueError:
             return Fetched.failure("invalid json")
         return Fetched(ok=True, body=body)
 
@@ -181,7 +213,11 @@ class NeuronClient:
 
     async def resolve_endpoint(self, endpoint: str, model_id: str) -> str:
         """``GET /models/{id}/endpoint`` -> the inference base URL, loopback rewritten."""
-        resp = await self._call("GET", endpoint + endpoint_path(model_id))
+        try:
+            path = endpoint_path(model_id)
+        except ValueError as exc:
+            raise NeuronError(IOCause.BAD_BODY, str(exc)) from None
+        resp = await self._call("GET", endpoint + path)
         if not 200 <= resp.status < 300:
             raise NeuronError(
                 _status_cause(resp.status),
@@ -189,14 +225,16 @@ class NeuronClient:
                 status=resp.status,
             )
         try:
-            answer = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
+            answer = load_json(resp.body)
+        except ValueError:
             answer = None
         url = answer.get("url") if isinstance(answer, dict) else None
-        if not isinstance(url, str) or not url.startswith("http://"):
+        problem = url_problem(url) if isinstance(url, str) else "no url"
+        if problem is not None:
             raise NeuronError(
                 IOCause.BAD_BODY,
-                f"endpoint of {model_id!r}: no usable url in {_preview(resp.body)}",
+                f"endpoint of {model_id!r}: no usable url ({problem}) in {_preview(resp.body)}",
                 status=resp.status,
             )
+        assert isinstance(url, str)
         return rewrite_loopback(url, endpoint)

@@ -9,19 +9,29 @@ Every neuron has its own task, so one that stalls (each fetch waits up to
 ``timeout`` seconds) never delays the others, while each neuron's own
 observations stay in order. A round that takes longer than the interval is
 followed by the next one at once; missed ticks are not made up in a burst.
+
+A ``/discovery`` or ``/health`` answer that is missing or fails validation
+changes no health (semantics §1), so nothing else would show it: the reason
+is logged as one JSON line on the ``cortex_fsm.poller`` logger when it
+appears or changes, and once more when the answers are usable again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Callable, Sequence
 
 import anyio
 
 from ..fleet import Neuron
+from ..wire import Invalid, parse_discovery, parse_health
 from .journal import Journal
 from .neuron_client import Fetched, NeuronClient
 
 __all__ = ["Poller"]
+
+_log = logging.getLogger("cortex_fsm.poller")
 
 
 class Poller:
@@ -43,6 +53,7 @@ class Poller:
         self.timeout = timeout
         self.rounds: dict[str, int] = {n.name: 0 for n in self.neurons}
         """Completed poll rounds per neuron."""
+        self._problems: dict[tuple[str, str], str] = {}
 
     async def run(self) -> None:
         """Poll every neuron concurrently, forever (until cancelled)."""
@@ -72,8 +83,31 @@ class Poller:
         if journal.needs_discovery(name):
             answer = await self._fetch(neuron, "/discovery")
             journal.discovery(name, ok=answer.ok, body=answer.body)
+            self._report(name, "/discovery", answer, parse_discovery)
         answer = await self._fetch(neuron, "/models")
         journal.models(name, ok=answer.ok, body=answer.body, error=answer.error)
         answer = await self._fetch(neuron, "/health")
         journal.health(name, ok=answer.ok, body=answer.body)
+        self._report(name, "/health", answer, parse_health)
         self.rounds[name] += 1
+
+    def _report(
+        self, node: str, path: str, answer: Fetched, parse: Callable[[object], object]
+    ) -> None:
+        """Log an unusable ``/discovery`` or ``/health`` answer when its reason changes."""
+        if not answer.ok:
+            problem: str | None = answer.error
+        else:
+            parsed = parse(answer.body)
+            problem = parsed.reason if isinstance(parsed, Invalid) else None
+        key = (node, path)
+        before = self._problems.get(key)
+        if problem == before:
+            return
+        if problem is None:
+            del self._problems[key]
+            _log.info(json.dumps({"event": "answer_usable", "node": node, "path": path}))
+        else:
+            self._problems[key] = problem
+            fields = {"event": "answer_unusable", "node": node, "path": path, "reason": problem}
+            _log.warning(json.dumps(fields))
