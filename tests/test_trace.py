@@ -161,7 +161,7 @@ def test_duplicate_request_ids(tmp_path: Path) -> None:
         ({**HEADER, "policy": {"failure_threshld": 3}}, "unknown policy key 'failure_threshld'"),
         (
             {**HEADER, "policy": {"failure_threshold": 0}},
-            "failure_threshold must be an integer >= 1",
+            "failure_threshold must be an integer in 1..10000",
         ),
         ({**HEADER, "policy": []}, "policy must be an object"),
         ({**HEADER, "catalogue": {"models": [{"id": 1}]}}, r"catalogue: models\[0\].id"),

@@ -221,6 +221,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, object]:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: not valid UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid TOML: nested too deeply") from None
 
 
 def load_models_toml(path: str | os.PathLike[str]) -> Catalogue:

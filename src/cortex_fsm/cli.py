@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,13 +26,19 @@ class _Usage(Exception):
     """A usage error found after argument parsing."""
 
 
+_MESSAGE_LIMIT = 1000
+
+
 def _fail(message: str) -> int:
+    if len(message) > _MESSAGE_LIMIT:  # a huge offending value is not worth echoing whole
+        half = _MESSAGE_LIMIT // 2
+        message = f"{message[:half]} ...[{len(message) - 2 * half} characters]... {message[-half:]}"
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
 
 
 @contextlib.contextmanager
-def _decisions_sink(target: str | None) -> Iterator[IO[str] | None]:
+def _decisions_sink(target: str | None, trace: str) -> Iterator[IO[str] | None]:
     """Decision lines go to a file that appears only when complete, or stdout."""
     if target is None:
         yield None
@@ -39,11 +46,14 @@ def _decisions_sink(target: str | None) -> Iterator[IO[str] | None]:
     if target == "-":
         yield sys.stdout
         return
-    from .trace import AtomicOutput
+    from .trace import AtomicOutput, output_problem
 
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise _Usage(f"--decisions: directory {directory} does not exist")
+    problem = output_problem(target)
+    if problem is not None:
+        raise _Usage(f"--decisions: {problem}")
+    with contextlib.suppress(OSError):
+        if os.path.samefile(target, trace):
+            raise _Usage(f"--decisions: {target} is the trace being replayed")
     try:
         sink = AtomicOutput(target)
     except OSError as exc:
@@ -53,7 +63,10 @@ def _decisions_sink(target: str | None) -> Iterator[IO[str] | None]:
     except BaseException:
         sink.discard()
         raise
-    sink.commit()
+    try:
+        sink.commit()
+    except OSError as exc:
+        raise _Usage(f"--decisions: cannot write {target}: {exc.strerror or exc}") from None
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -62,7 +75,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     report = bool(args.summary or args.compare)
     # Decision lines go to --decisions, or to stdout unless stdout carries a report.
     target = args.decisions if args.decisions is not None else (None if report else "-")
-    with _decisions_sink(target) as out:
+    with _decisions_sink(target, args.trace) as out:
         if args.compare:
             comparison = compare(args.trace, args.compare, overrides=args.set, out=out)
             sys.stdout.write(render_comparison(comparison, source=args.trace))
@@ -182,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Names and ids come from traces and neurons, and JSON can carry lone
+    # surrogates; show them escaped rather than fail to print them.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
     try:

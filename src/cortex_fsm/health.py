@@ -53,6 +53,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
+    "MAX_FAILURE_THRESHOLD",
     "Branch",
     "Count",
     "Event",
@@ -211,13 +212,31 @@ def _check_table() -> None:
 _check_table()
 
 
+#: The largest failure threshold accepted. Every health state up to it is built
+#: ahead (``HealthTable``: about 6 µs each), and at the default 10 s poll
+#: interval this many failed polls is more than a day.
+MAX_FAILURE_THRESHOLD = 10_000
+
+
 def validate_threshold(value: object, *, key: str = "failure_threshold") -> int:
     """Return ``value`` if it is a valid failure threshold, else raise ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
-    if value < 1:
-        raise ConfigError(f"{key} must be an integer >= 1, got {value}")
+        raise ConfigError(
+            f"{key} must be an integer in 1..{MAX_FAILURE_THRESHOLD}, got {_shown(value)}"
+        )
+    if not 1 <= value <= MAX_FAILURE_THRESHOLD:
+        raise ConfigError(
+            f"{key} must be an integer in 1..{MAX_FAILURE_THRESHOLD}, got {_shown(value)}"
+        )
     return value
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return "an integer too long to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def step(state: HealthState, event: Event, threshold: int) -> HealthState:

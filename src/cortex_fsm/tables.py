@@ -165,7 +165,7 @@ def health_markdown(example_threshold: int = 3) -> str:
         "",
         "States: `unknown` (initial), `healthy`, `suspect(n)` with `1 <= n < T`,",
         "`unhealthy`. Routable: `healthy` and `suspect(n)`. `T` is the policy's",
-        "`failure_threshold` (an integer >= 1; default 3). `T = 1` is one miss evicts.",
+        "`failure_threshold` (an integer in 1..10000; default 3). `T = 1` is one miss evicts.",
         "",
         "| from \\ event | " + " | ".join(e.label for e in Event) + " |",
         "|---|" + "---|" * len(Event),

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +30,7 @@ from .errors import ConfigError, TraceError
 from .fleet import Neuron
 from .policy import Policy
 from .routing import Decision
-from .wire import describe_json
+from .wire import describe_json, load_json
 
 __all__ = [
     "EVENT_KINDS",
@@ -46,6 +47,7 @@ __all__ = [
     "decision_json",
     "decision_line",
     "open_output",
+    "output_problem",
 ]
 
 FORMAT = "cortex-fsm-trace"
@@ -226,7 +228,7 @@ class TraceReader:
 
     def _parse(self, raw: bytes) -> dict[str, Any]:
         try:
-            obj = json.loads(raw.decode())
+            obj = load_json(raw.decode())
         except UnicodeDecodeError:
             raise self._error("not valid UTF-8") from None
         except ValueError as exc:
@@ -309,7 +311,7 @@ class TraceReader:
                     n = len(text)
                     if end != n and (end != n - 1 or text[end] != "\n"):
                         raise ValueError("more than one JSON value")
-                except ValueError:
+                except (ValueError, RecursionError):
                     if not raw.strip():
                         continue  # blank lines are allowed
                     self.line = line
@@ -505,26 +507,56 @@ class TraceWriter:
         self.close()
 
 
+def output_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written as an output file, or ``None``."""
+    if not path:
+        return "no file name given"
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicOutput:
     """A file that appears under its name only when complete.
 
     Lines go to a temporary file beside the target; :meth:`commit` renames it
     into place, :meth:`discard` removes it. A replay that fails half-way
-    therefore never leaves a half-written decisions file behind.
+    therefore never leaves a half-written decisions file behind. The file
+    keeps the permissions of the one it replaces (a new one gets the usual
+    ``0o666`` less the umask), and a symbolic link is written through.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.realpath(path))
         suffix = ".tmp.gz" if self.path.name.endswith(".gz") else ".tmp"
         fd, self._tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent
         )
         os.close(fd)
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(self._tmp, mode)
         self.stream = open_output(self._tmp)
 
     def commit(self) -> None:
-        self.stream.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self.stream.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            raise
 
     def discard(self) -> None:
         self.stream.close()

@@ -99,11 +99,11 @@ def test_defaults_and_inline_catalogue(tmp_path: Path) -> None:
     [
         (
             "[policy]\nfailure_threshold = 0\n" + NEURONS,
-            "cortex.toml: [policy] failure_threshold must be an integer >= 1, got 0",
+            "cortex.toml: [policy] failure_threshold must be an integer in 1..10000, got 0",
         ),
         (
             "[policy]\nfailure_threshold = 2.5\n" + NEURONS,
-            "cortex.toml: [policy] failure_threshold must be an integer >= 1, got 2.5",
+            "cortex.toml: [policy] failure_threshold must be an integer in 1..10000, got 2.5",
         ),
         (
             "[policy]\npoll_interval = -1\n" + NEURONS,
@@ -186,7 +186,8 @@ def test_serve_with_a_bad_config_exits_2(
     assert serve_main(_serve_args("--config", str(path))) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"cortex-fsm: error: {path}: [policy] failure_threshold must be an integer >= 1, got 0\n"
+        f"cortex-fsm: error: {path}: [policy] "
+        "failure_threshold must be an integer in 1..10000, got 0\n"
     )
     assert serve_main(_serve_args("--config", str(tmp_path / "none.toml"))) == 2
     assert "no such file" in capsys.readouterr().err

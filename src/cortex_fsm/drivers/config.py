@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..fleet import Neuron
 from ..policy import POLICY_KEYS, Policy
 from ..trace import TraceHeader
+from .neuron_client import url_problem
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -112,7 +113,8 @@ def parse_listen(text: object, *, where: str = "listen") -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not host or not digits or int(port_text) > 65535:
         raise ConfigError(f"{where} must be HOST:PORT with a port in 0..65535, got {text!r}")
     return host, int(port_text)
 
@@ -133,6 +135,9 @@ def _endpoint(value: object, where: str) -> str:
         raise ConfigError(f"{where} has port 0: {value!r}")
     if parts.query or parts.fragment:
         raise ConfigError(f"{where} must not have a query or fragment: {value!r}")
+    problem = url_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{where} is not a usable URL ({problem}): {value!r}")
     return value.rstrip("/")
 
 

@@ -47,7 +47,7 @@ from ..health import Phase
 from ..policy import Policy
 from ..replay import replay
 from ..routing import Decision
-from ..trace import decision_line
+from ..trace import decision_line, output_problem
 from .config import GatewayConfig
 from .fake_neuron import FakeNeuron, FakeNeuronConfig
 from .gateway import Gateway, expected_failure
@@ -406,9 +406,9 @@ def _poll_interval(text: str) -> float:
 
 def demo_main(args: argparse.Namespace) -> int:
     """``cortex-fsm demo``: 0 when every check passed, 1 if one failed, 2 on bad input."""
-    directory = os.path.dirname(os.path.abspath(args.record))
-    if not os.path.isdir(directory):
-        print(f"cortex-fsm: error: --record: directory {directory} does not exist", file=sys.stderr)
+    problem = output_problem(args.record)
+    if problem is not None:
+        print(f"cortex-fsm: error: --record: {problem}", file=sys.stderr)
         return 2
     # The timeline shows what the gateway's log lines would; keep stderr for errors.
     logging.getLogger("cortex_fsm").setLevel(logging.ERROR)

@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..fleet import ModelStatus
 from ..routing import Decision
-from ..trace import TraceWriter
+from ..trace import TraceWriter, output_problem
 from ..wire import load_json
 from .config import GatewayConfig, load_config, parse_listen
 from .http import (
@@ -158,6 +158,7 @@ class Gateway:
         self.journal = Journal(self.engine, clock=clock)
         self.record_path = None if record is None else os.fspath(record)
         self._recorder = recorder
+        self._owned: TraceWriter | None = None
         self.address: tuple[str, int] | None = None
         """The bound ``(host, port)`` once running."""
         self.created = int(time.time())
@@ -189,15 +190,12 @@ class Gateway:
         """Serve and poll until cancelled; reports the bound ``(host, port)``.
 
         With ``record`` set, every observation and request is written to that
-        trace (closed, complete, when this returns); with ``recorder``, to that
-        open :class:`~cortex_fsm.trace.TraceWriter` (which its owner closes).
+        trace (closed, complete, when this returns or :meth:`close_recording`
+        is called); with ``recorder``, to that open
+        :class:`~cortex_fsm.trace.TraceWriter` (which its owner closes). The
+        ``record`` file is created once the gateway listens: a gateway that
+        cannot start leaves an earlier recording of that name alone.
         """
-        recorder = owned = None
-        if self.record_path is not None:
-            recorder = owned = TraceWriter(self.record_path, self.config.trace_header())
-        elif self._recorder is not None:
-            recorder = self._recorder
-        self.journal.recorder = recorder
         try:
             async with HTTPClient(limits=self.client_limits) as http:
                 self._http = http
@@ -220,12 +218,24 @@ class Gateway:
                             error_response=default_error_response,
                         )
                     )
+                    # No await between here and the poller's start: nothing is
+                    # observed or routed before the recording is open.
+                    if self.record_path is not None:
+                        self._owned = TraceWriter(self.record_path, self.config.trace_header())
+                        self.journal.recorder = self._owned
+                    else:
+                        self.journal.recorder = self._recorder
                     tg.start_soon(self.poller.run, name="poller")
                     task_status.started(self.address)
         finally:
-            self.journal.recorder = None
-            if owned is not None:
-                owned.close()
+            self.close_recording()
+
+    def close_recording(self) -> None:
+        """Stop recording; complete the ``record`` file (idempotent)."""
+        self.journal.recorder = None
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -742,17 +752,11 @@ def serve_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     if args.record is not None:
-        directory = os.path.dirname(os.path.abspath(args.record))
-        if not os.path.isdir(directory):
-            return _fail(f"--record: directory {directory} does not exist")
-    recorder = None
-    if args.record is not None:
-        try:
-            recorder = TraceWriter(args.record, config.trace_header())
-        except OSError as exc:
-            return _fail(f"--record: cannot write {args.record}: {exc.strerror or exc}")
+        problem = output_problem(args.record)
+        if problem is not None:
+            return _fail(f"--record: {problem}")
     configure_logging(args.log_level)
-    gateway = Gateway(config, recorder=recorder)
+    gateway = Gateway(config, record=args.record)
 
     def started(gw: Gateway) -> None:
         names = ", ".join(f"{n.name}={n.endpoint}" for n in config.neurons)
@@ -774,8 +778,7 @@ def serve_main(args: argparse.Namespace) -> int:
             raise
         return _fail(problem, 1)  # e.g. the address is in use
     finally:
-        if recorder is not None:
-            recorder.close()
+        gateway.close_recording()
     print(f"{_PROG}: gateway stopped", file=sys.stderr, flush=True)
     return 0
 

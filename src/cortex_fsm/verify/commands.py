@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from ..trace import AtomicOutput, output_problem
 from .explorer import (
     MAX_NODES,
     REQUESTS,
@@ -146,6 +147,9 @@ def verify_main(args: argparse.Namespace) -> int:
             raise ValueError(f"--threshold must be between 1 and {MAX_THRESHOLD}")
         if depth is not None and (not isinstance(depth, int) or depth < 0):
             raise ValueError("--depth must be a non-negative integer or 'none'")
+        problem = output_problem(args.counterexample)
+        if problem is not None:  # found now, not after a long search
+            raise ValueError(f"--counterexample: {problem}")
     except ValueError as exc:
         print(f"cortex-fsm verify: error: {exc}", file=sys.stderr)
         return 2
@@ -291,12 +295,22 @@ def export_main(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
         return 0
-    directory = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(directory):
-        print(f"cortex-fsm export: error: directory {directory} does not exist", file=sys.stderr)
+    problem = output_problem(args.output)
+    if problem is not None:
+        print(f"cortex-fsm export: error: -o: {problem}", file=sys.stderr)
         return 2
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-    os.replace(tmp, args.output)
+    try:
+        sink = AtomicOutput(args.output)
+        try:
+            sink.stream.write(text)
+        except BaseException:
+            sink.discard()
+            raise
+        sink.commit()
+    except OSError as exc:
+        print(
+            f"cortex-fsm export: error: cannot write {args.output}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
