@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from gateway_support import raw_exchange as raw_exchange_url
 
 from cortex_fsm.drivers.http import (
     BodyTooLarge,
@@ -47,16 +48,7 @@ def url(address: tuple[str, int], path: str = "/") -> str:
 
 async def raw_exchange(address: tuple[str, int], data: bytes) -> bytes:
     """Send raw bytes, then read until the server closes (or resets) the connection."""
-    received: list[bytes] = []
-    async with await anyio.connect_tcp(*address) as stream:
-        await stream.send(data)
-        with anyio.fail_after(5):
-            while True:
-                try:
-                    received.append(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    break
-    return b"".join(received)
+    return await raw_exchange_url(url(address, ""), data)
 
 
 async def echo(request: Request, responder: Responder) -> None:
