@@ -23,11 +23,14 @@ from .errors import ConfigError
 from .fleet import Discovery
 
 __all__ = [
+    "CATALOGUE_KEYS",
+    "PROFILE_KEYS",
     "Catalogue",
     "LoadSpec",
     "Profile",
     "catalogue_from_mapping",
     "feasible",
+    "ignored_keys",
     "load_models_toml",
     "load_spec",
     "pin_key",
@@ -176,6 +179,33 @@ def _profile(entry: object, where: str) -> Profile:
         pinned_on=tuple(pinned),
         source=_opt_str(entry, "source", where),
     )
+
+
+#: The keys of a catalogue profile that the engine reads.
+PROFILE_KEYS = (
+    "id",
+    "harness",
+    "quant",
+    "vram_mb",
+    "min_devices",
+    "min_device_vram_mb",
+    "pinned_on",
+    "source",
+)
+#: The top-level keys of a catalogue (``models.toml``, a trace header's ``catalogue``).
+CATALOGUE_KEYS = ("models", "aliases")
+
+
+def ignored_keys(data: Mapping[str, object], *, top_level: bool = True) -> list[str]:
+    """The keys :func:`catalogue_from_mapping` reads past without using, by path
+    (``model``, ``models[2].harnes``): worth a warning where a typo is likely."""
+    ignored = [str(k) for k in data if k not in CATALOGUE_KEYS] if top_level else []
+    models = data.get("models", [])
+    if isinstance(models, Sequence) and not isinstance(models, str):
+        for i, entry in enumerate(models):
+            if isinstance(entry, Mapping):
+                ignored += [f"models[{i}].{k}" for k in entry if k not in PROFILE_KEYS]
+    return ignored
 
 
 def catalogue_from_mapping(data: Mapping[str, object], *, where: str) -> Catalogue:

@@ -197,3 +197,34 @@ def test_serve_with_a_bad_config_exits_2(
     args = _serve_args("--config", str(good), "--record", str(tmp_path / "no" / "t.jsonl"))
     assert serve_main(args) == 2
     assert "--record: directory" in capsys.readouterr().err
+
+
+def test_ignored_catalogue_keys_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Profiles may carry keys the engine does not read (models.toml files do),
+    so they are not errors; but a likely typo is shown."""
+    models = tmp_path / "models.toml"
+    models.write_text('[[model]]\nid = "a"\n\n[[models]]\nid = "b"\nharnes = "candle"\n')
+    path = write(
+        tmp_path,
+        'models_config = "models.toml"\n[[neurons]]\nname = "n"\nendpoint = "http://n:1"\n',
+    )
+    config = load_config(path)
+    assert list(config.catalogue.profiles) == ["b"]
+    assert config.ignored == (f"{models}: model", f"{models}: models[0].harnes")
+    inline = write(
+        tmp_path,
+        '[[neurons]]\nname = "n"\nendpoint = "http://n:1"\n'
+        '[[models]]\nid = "b"\nmin_device = 2\n',
+        name="inline.toml",
+    )
+    assert load_config(inline).ignored == (f"{inline}: models[0].min_device",)
+    # serve says so, once per key, and goes on (here: to the next error)
+    assert serve_main(_serve_args("--config", str(path), "--record", str(tmp_path))) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        f"cortex-fsm: warning: {models}: model: not a catalogue key, ignored",
+        f"cortex-fsm: warning: {models}: models[0].harnes: not a catalogue key, ignored",
+    ]
+    assert err[2].startswith("cortex-fsm: error: --record: ")

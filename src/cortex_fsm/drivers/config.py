@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..catalogue import Catalogue, catalogue_from_mapping, load_models_toml, read_toml
+from ..catalogue import Catalogue, catalogue_from_mapping, ignored_keys, read_toml
 from ..errors import ConfigError
 from ..fleet import Neuron
 from ..policy import POLICY_KEYS, Policy
@@ -89,6 +89,8 @@ class GatewayConfig:
     endpoint_cache: bool = True
     source: str = "<config>"
     """Where the configuration came from (for messages)."""
+    ignored: tuple[str, ...] = attrs.field(default=(), eq=False)
+    """Catalogue keys read past without use (``models.toml: models[0].harnes``): likely typos."""
 
     @property
     def listen(self) -> str:
@@ -194,14 +196,18 @@ def _policy(raw: Mapping[str, object], where: str) -> Policy:
         raise ConfigError(f"{where}: [policy] {exc}") from None
 
 
-def _catalogue(data: Mapping[str, object], where: str, base_dir: Path | None) -> Catalogue:
+def _catalogue(
+    data: Mapping[str, object], where: str, base_dir: Path | None
+) -> tuple[Catalogue, list[str]]:
+    """The catalogue, and the keys of it that were ignored (by path)."""
     models_config = data.get("models_config")
     inline = "models" in data or "aliases" in data
     if models_config is None:
         if not inline:
-            return Catalogue()
+            return Catalogue(), []
         inline_data = {k: data[k] for k in ("models", "aliases") if k in data}
-        return catalogue_from_mapping(inline_data, where=where)
+        ignored = [f"{where}: {k}" for k in ignored_keys(inline_data, top_level=False)]
+        return catalogue_from_mapping(inline_data, where=where), ignored
     if inline:
         raise ConfigError(
             f"{where}: models_config and inline [[models]]/[aliases] cannot be combined; "
@@ -214,9 +220,13 @@ def _catalogue(data: Mapping[str, object], where: str, base_dir: Path | None) ->
     path = Path(models_config)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    if path.is_dir():
+        raise ConfigError(f"{where}: models_config: {path}: is a directory, not a TOML file")
     if not path.is_file():
         raise ConfigError(f"{where}: models_config: {path}: no such file")
-    return load_models_toml(path)
+    models = read_toml(path)
+    ignored = [f"{path}: {k}" for k in ignored_keys(models)]
+    return catalogue_from_mapping(models, where=str(path)), ignored
 
 
 def config_from_mapping(
@@ -241,9 +251,12 @@ def config_from_mapping(
     cache = gateway.get("endpoint_cache", True)
     if not isinstance(cache, bool):
         raise ConfigError(f"{where}: [gateway] endpoint_cache must be true or false, got {cache!r}")
+    neurons = _neurons(data.get("neurons"), where)
+    catalogue, ignored = _catalogue(data, where, base_dir)
     return GatewayConfig(
-        neurons=_neurons(data.get("neurons"), where),
-        catalogue=_catalogue(data, where, base_dir),
+        neurons=neurons,
+        catalogue=catalogue,
+        ignored=tuple(ignored),
         policy=_policy(_table(data, "policy", where), where),
         listen_host=host,
         listen_port=port,

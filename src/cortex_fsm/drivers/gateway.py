@@ -751,6 +751,8 @@ def serve_main(args: argparse.Namespace) -> int:
             config = attrs.evolve(config, listen_host=host, listen_port=port)
     except ConfigError as exc:
         return _fail(str(exc))
+    for key in config.ignored:
+        print(f"{_PROG}: warning: {key}: not a catalogue key, ignored", file=sys.stderr)
     if args.record is not None:
         problem = output_problem(args.record)
         if problem is not None:
