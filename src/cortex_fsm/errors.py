@@ -37,6 +37,7 @@ __all__ = [
     "TraceError",
     "classify_io_failure",
     "error_envelope",
+    "status_cause",
 ]
 
 
@@ -198,6 +199,13 @@ class IOCause(enum.Enum):
     STATUS_5XX = "status_5xx"
     STATUS_4XX = "status_4xx"
     BAD_BODY = "bad_body"  # e.g. an endpoint answer without "url"
+
+
+def status_cause(status: int) -> IOCause:
+    """The cause of a neuron's non-2xx answer: 4xx rejects the request; any other
+    status (5xx, and the 1xx/3xx a neuron has no business sending) is the neuron
+    failing, never a reason for a permanent 404."""
+    return IOCause.STATUS_4XX if 400 <= status < 500 else IOCause.STATUS_5XX
 
 
 #: The gateway's classification (semantics §4 extension, the default).

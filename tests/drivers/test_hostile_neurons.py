@@ -278,3 +278,22 @@ async def test_unusable_discovery_and_health_answers_are_logged_once(
         assert f.phase("s") is Phase.HEALTHY  # neither changes health
         script.polls.clear()
         await wait_until(lambda: len(_events(caplog, "answer_usable")) == 2)
+
+
+@pytest.mark.parametrize("status", [302, 307, 999])
+async def test_a_load_answered_with_neither_2xx_nor_4xx_is_retryable(
+    anyio_backend: str, status: int
+) -> None:
+    """Only a 4xx is the neuron rejecting the load spec (a permanent 404); any
+    other non-2xx answer is the neuron failing (503, Retry-After)."""
+    script = ScriptedNeuron("s", gpus=2)
+    async with running_fleet(scripted=[script]) as f:
+        script.behaviour["load"] = ("status", status, b"{}")
+        resp = await f.chat("org/Big-70B")
+        assert resp.status == 503
+        assert resp.header("retry-after") == "3"
+        assert f"answered {status}" in envelope(resp.body)["message"]
+        script.behaviour["load"] = ("status", 422, b"{}")
+        resp = await f.chat("org/Big-70B")
+        assert resp.status == 404
+        assert resp.header("x-cortex-outcome") == "cold_load_failed"

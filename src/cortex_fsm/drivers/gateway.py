@@ -53,6 +53,7 @@ from ..errors import (
     Outcome,
     classify_io_failure,
     error_envelope,
+    status_cause,
 )
 from ..fleet import ModelStatus
 from ..routing import Decision
@@ -435,7 +436,7 @@ class Gateway:
                     )
                     status = upstream.status
                     if status >= 400:
-                        cause = IOCause.STATUS_5XX if status >= 500 else IOCause.STATUS_4XX
+                        cause = status_cause(status)
                         outcome = classify_io_failure(IOPhase.FORWARD, cause, io_errors=io_errors)
                         if outcome is not None:
                             failure = _Failed(IOPhase.FORWARD, cause, f"answered {status}")

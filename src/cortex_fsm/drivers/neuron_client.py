@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import attrs
 
 from ..catalogue import LoadSpec
-from ..errors import IOCause
+from ..errors import IOCause, status_cause
 from ..wire import load_json
 from .http import (
     ConnectError,
@@ -150,10 +150,6 @@ def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
     return url.rstrip("/")
 
 
-def _status_cause(status: int) -> IOCause:
-    return IOCause.STATUS_5XX if status >= 500 else IOCause.STATUS_4XX
-
-
 def _preview(body: bytes) -> str:
     text = body[:200].decode("utf-8", "replace").strip()
     return text or "(empty body)"
@@ -195,7 +191,7 @@ class NeuronClient:
         if 200 <= resp.status < 300 or _ALREADY_LOADED in resp.body.lower():
             return
         raise NeuronError(
-            _status_cause(resp.status),
+            status_cause(resp.status),
             f"load of {spec.model_id!r} answered {resp.status}: {_preview(resp.body)}",
             status=resp.status,
         )
@@ -206,7 +202,7 @@ class NeuronClient:
         resp = await self._call("POST", endpoint + "/models/unload", body)
         if not 200 <= resp.status < 300:
             raise NeuronError(
-                _status_cause(resp.status),
+                status_cause(resp.status),
                 f"unload of {model_id!r} answered {resp.status}: {_preview(resp.body)}",
                 status=resp.status,
             )
@@ -220,7 +216,7 @@ class NeuronClient:
         resp = await self._call("GET", endpoint + path)
         if not 200 <= resp.status < 300:
             raise NeuronError(
-                _status_cause(resp.status),
+                status_cause(resp.status),
                 f"endpoint of {model_id!r} answered {resp.status}: {_preview(resp.body)}",
                 status=resp.status,
             )
