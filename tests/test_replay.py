@@ -104,3 +104,29 @@ def test_compare_lists_the_requests_whose_outcome_differs() -> None:
 def test_compare_with_identical_policies_finds_nothing() -> None:
     c = compare(str(EXAMPLE), ["failure_threshold=3"])
     assert c.differing == 0 and c.differences == ()
+
+
+def test_comparison_rows_of_nodes_whose_names_contain_slashes(tmp_path: Path) -> None:
+    """Row keys must not collide: node 'a' in state 'unknown' vs node 'a/unknown'."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        '{"kind": "header", "format": "cortex-fsm-trace", "version": 1, "neurons": '
+        '[{"name": "a", "endpoint": "http://a"}, {"name": "a/unknown", "endpoint": "http://b"}]}\n'
+        '{"kind": "models", "t": 0, "node": "a", "ok": true, "body": []}\n'
+        '{"kind": "models", "t": 5, "node": "a/unknown", "ok": false, "error": "x"}\n'
+        '{"kind": "models", "t": 10, "node": "a", "ok": false, "error": "x"}\n'
+    )
+    text = render_comparison(compare(str(trace), ["failure_threshold=1"]))
+    rows = [line.split()[:2] for line in text.splitlines() if line.startswith("  node ")]
+    assert rows == [["node", "a"], ["node", "a/unknown"]]
+    assert text.count("in unknown") == 2  # one per node
+
+
+def test_merging_many_summary_rows_is_linear() -> None:
+    from cortex_fsm.replay import _merge_keys
+
+    a = [f"k{i}" for i in range(0, 200_000, 2)]
+    b = [f"k{i}" for i in range(200_000)]
+    merged = _merge_keys(a, b)
+    assert len(merged) == 200_000 and merged[:3] == ["k0", "k1", "k2"]
+    assert _merge_keys(["x", "z"], ["y", "x", "w", "z"]) == ["x", "w", "z", "y"]

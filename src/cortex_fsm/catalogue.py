@@ -51,6 +51,27 @@ class Profile:
     pinned_on: tuple[str, ...] = ()
     source: str | None = None
 
+    def __attrs_post_init__(self) -> None:
+        # Profiles built in code get the checks catalogue_from_mapping gives files
+        # (types; the engine would otherwise fail far from the mistake, or, for a
+        # pinned_on string, match node names as substrings).
+        where = f"Profile {self.id!r}"
+        if not isinstance(self.id, str) or not self.id:
+            raise ConfigError(f"{where}: id must be a non-empty string")
+        for key in ("harness", "quant", "source"):
+            if not isinstance(getattr(self, key), str | None):
+                raise ConfigError(f"{where}: {key} must be a string or None")
+        for key in ("vram_mb", "min_device_vram_mb"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{where}: {key} must be an integer or None")
+        count = self.min_devices
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{where}: min_devices must be an integer >= 1, got {count!r}")
+        pins = self.pinned_on
+        if not isinstance(pins, tuple) or not all(isinstance(n, str) for n in pins):
+            raise ConfigError(f"{where}: pinned_on must be a tuple of node names, got {pins!r}")
+
 
 @attrs.frozen(slots=True, kw_only=True)
 class LoadSpec:
@@ -78,6 +99,14 @@ class Catalogue:
 
     profiles: Mapping[str, Profile] = attrs.field(factory=dict)
     aliases: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for key, profile in self.profiles.items():
+            if not isinstance(profile, Profile) or profile.id != key:
+                raise ConfigError(f"Catalogue: profiles[{key!r}] must be a Profile with id {key!r}")
+        for alias, target in self.aliases.items():
+            if not isinstance(alias, str) or not isinstance(target, str) or not target:
+                raise ConfigError(f"Catalogue: aliases[{alias!r}] must map a name to a model id")
 
     def resolve(self, requested: str) -> str:
         return self.aliases.get(requested, requested)

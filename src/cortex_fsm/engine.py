@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from .catalogue import Catalogue, Profile, feasible
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNodeError
 from .fleet import (
     Discovery,
     FleetSnapshot,
@@ -147,6 +147,10 @@ _NO_HOLDERS: dict[str, _Node] = {}
 _CACHE_LIMIT = 1 << 16
 
 
+def _wrong_type(method: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"Engine.{method}: expected {expected}, got {type(value).__name__}")
+
+
 class Engine:
     """The policy engine for one fleet. Not thread-safe; drivers serialise calls."""
 
@@ -200,7 +204,7 @@ class Engine:
         try:
             return self._nodes[name]
         except KeyError:
-            raise KeyError(f"unknown neuron {name!r}") from None
+            raise UnknownNodeError(f"unknown neuron {name!r}") from None
 
     def needs_discovery(self, node: str) -> bool:
         """Should the poller fetch ``/discovery`` for ``node`` this round?"""
@@ -214,6 +218,9 @@ class Engine:
         (``max_prompt_tokens > 0``) is never replaced.
         """
         rec = self._node(node)
+        if not isinstance(result, Discovery | Invalid):
+            what = "a Discovery or Invalid (see parse_discovery)"
+            raise _wrong_type("observe_discovery", what, result)
         if isinstance(result, Invalid) or (rec.discovery is not None and rec.discovery.complete):
             self._discoveries_ignored += 1
             return False
@@ -241,6 +248,10 @@ class Engine:
             after = self._after_failed[before]
             cause = f"poll_failed: {result.reason}"
         else:
+            if not isinstance(result, ModelsReport):
+                raise _wrong_type(
+                    "observe_models", "a ModelsReport or PollFailure (see parse_models)", result
+                )
             self._polls_ok += 1
             rec.failures = 0
             rec.last_ok = t
@@ -347,6 +358,8 @@ class Engine:
         if isinstance(result, Invalid):
             self._health_invalid += 1
             return
+        if not isinstance(result, Mapping):
+            raise _wrong_type("observe_health", "a mapping or Invalid (see parse_health)", result)
         self._health_readings += 1
         rec.health_body = None
         self._replace_busy(rec, dict(result))

@@ -35,6 +35,7 @@ __all__ = [
     "IOPhase",
     "Outcome",
     "TraceError",
+    "UnknownNodeError",
     "classify_io_failure",
     "error_envelope",
     "status_cause",
@@ -47,6 +48,13 @@ class CortexError(Exception):
 
 class ConfigError(CortexError, ValueError):
     """Invalid configuration: a policy value, a catalogue entry, a config key."""
+
+
+class UnknownNodeError(CortexError, KeyError):
+    """A node name the engine was not configured with."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class TraceError(CortexError):
@@ -175,7 +183,9 @@ def error_envelope(
     outcome: Outcome, *, model: str = "", node: str | None = None, message: str | None = None
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """The HTTP status, headers and JSON body a reject is answered with."""
-    cls = REJECTS[outcome]
+    cls = REJECTS.get(outcome)
+    if cls is None:
+        raise ValueError(f"{outcome} is not a reject: there is no error envelope for it")
     text = message if message is not None else cls.message.format(model=model, node=node or "?")
     body = json.dumps({"error": {"message": text, "type": cls.type, "code": cls.code}})
     headers = [("content-type", "application/json")]

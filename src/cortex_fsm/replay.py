@@ -14,6 +14,7 @@ comparing runs both policies in lock-step over a single read of the trace.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -333,15 +334,17 @@ def _summary_rows(s: Summary) -> list[tuple[str, str, str]]:
     for status in (200, 404, 503):
         rows.append((f"status/{status}", f"  status {status}", str(s.statuses.get(status, 0))))
     for node in s.nodes:
+        # Node names are arbitrary strings: keys are JSON arrays, never ambiguous.
         rows.append(
             (
-                f"node/{node.name}",
+                json.dumps(["node", node.name]),
                 f"node {node.name}",
                 f"final {node.final}, {node.transitions} transitions",
             )
         )
         for label, seconds in sorted(node.time_in.items(), key=lambda kv: _state_order(kv[0])):
-            rows.append((f"node/{node.name}/{label}", f"  in {label}", _fmt_time(seconds)))
+            key = json.dumps(["node", node.name, label])
+            rows.append((key, f"  in {label}", _fmt_time(seconds)))
     return rows
 
 
@@ -373,7 +376,7 @@ def render_comparison(c: Comparison, *, source: str = "") -> str:
     out.append(f"{c.differing} of {c.base.requests} requests differ")
     if c.differences:
         w_id = max(len(d.id) for d in c.differences)
-        w_model = max(len(d.model) for d in c.differences)
+        w_model = max(len("model"), *(len(d.model) for d in c.differences))
         w_a = max(len(_describe(d.base)) for d in c.differences)
         out.append(f"  {'id':<{w_id}}  {'t':>8}  {'model':<{w_model}}  {'A':<{w_a}}  B")
         for d in c.differences:
@@ -399,12 +402,21 @@ def render_comparison(c: Comparison, *, source: str = "") -> str:
 
 
 def _merge_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
-    """Both key lists in one order: A's order, B-only keys after their predecessor."""
+    """Both key lists in one order: A's order, B-only keys after their predecessor
+    in B (the first key of B, if B-only, at the end). Linear in the keys."""
     merged = list(a)
-    b_list = list(b)
-    for i, key in enumerate(b_list):
-        if key not in merged:
-            prev = b_list[i - 1] if i else None
-            pos = merged.index(prev) + 1 if prev in merged else len(merged)
-            merged.insert(pos, key)
-    return merged
+    known = set(merged)
+    after: dict[str | None, list[str]] = {}
+    prev: str | None = None
+    for key in b:
+        if key not in known:
+            known.add(key)
+            after.setdefault(prev, []).append(key)
+        prev = key
+    out: list[str] = []
+    stack = [*merged, *after.pop(None, [])][::-1]  # popped from the end: in order
+    while stack:
+        key = stack.pop()
+        out.append(key)
+        stack.extend(reversed(after.pop(key, [])))
+    return out

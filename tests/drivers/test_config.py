@@ -215,8 +215,7 @@ def test_ignored_catalogue_keys_are_warned_about(
     assert config.ignored == (f"{models}: model", f"{models}: models[0].harnes")
     inline = write(
         tmp_path,
-        '[[neurons]]\nname = "n"\nendpoint = "http://n:1"\n'
-        '[[models]]\nid = "b"\nmin_device = 2\n',
+        '[[neurons]]\nname = "n"\nendpoint = "http://n:1"\n[[models]]\nid = "b"\nmin_device = 2\n',
         name="inline.toml",
     )
     assert load_config(inline).ignored == (f"{inline}: models[0].min_device",)

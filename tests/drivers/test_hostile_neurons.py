@@ -297,3 +297,17 @@ async def test_a_load_answered_with_neither_2xx_nor_4xx_is_retryable(
         resp = await f.chat("org/Big-70B")
         assert resp.status == 404
         assert resp.header("x-cortex-outcome") == "cold_load_failed"
+
+
+async def test_a_model_name_past_the_limit_is_a_400_and_not_remembered(
+    anyio_backend: str,
+) -> None:
+    script = ScriptedNeuron("s", gpus=1, models=[(SMALL, "loaded")])
+    async with running_fleet(scripted=[script], max_body_bytes=1 << 20) as f:
+        resp = await f.post("/v1/chat/completions", chat_body("x" * 100_000))
+        assert resp.status == 400
+        assert "longer than 1024 characters" in envelope(resp.body)["message"]
+        assert len(resp.body) < 500  # the name is not echoed back
+        assert f.gateway.journal.requests == 0  # never decided, never cached
+        resp = await f.post("/v1/chat/completions", chat_body("y" * 1024))
+        assert resp.status == 404  # at the limit: an ordinary unknown model

@@ -116,6 +116,7 @@ _FORWARDED_REQUEST_HEADERS: Final = ("accept", "x-request-id")
 #: chain longer than this) is answered 508 instead of looping.
 _HOP_HEADER: Final = "x-cortex-hop"
 _MAX_HOPS: Final = 8
+_MAX_MODEL_NAME: Final = 1024
 _SERVING: Final = (ModelStatus.LOADED, ModelStatus.RELOADING)
 _BUFFER_LIMIT: Final = 1 << 20  # bytes: framed answers up to this are read whole
 
@@ -297,12 +298,16 @@ class Gateway:
             problem = "the request body must be a JSON object"
         if isinstance(payload, dict):
             requested = payload.get("model")
-            if isinstance(requested, str) and requested:
+            if isinstance(requested, str) and len(requested) > _MAX_MODEL_NAME:
+                # The engine keeps a decision per name asked for: bound what one costs.
+                problem = f"'model' is longer than {_MAX_MODEL_NAME} characters"
+            elif isinstance(requested, str) and requested:
                 await self._route(
                     request, responder, path=path, raw=raw, payload=payload, requested=requested
                 )
                 return
-            problem = "the request body must name a model: 'model' is missing or not a string"
+            else:
+                problem = "the request body must name a model: 'model' is missing or not a string"
         await _reply(responder, 400, _envelope(problem, "invalid_request_error", "invalid_request"))
 
     async def _route(
