@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cortex_fsm import (
@@ -77,3 +79,15 @@ def test_catalogues_built_in_code_are_checked() -> None:
 def test_no_envelope_for_a_routed_outcome() -> None:
     with pytest.raises(ValueError, match="not a reject"):
         error_envelope(Outcome.ROUTE_LOADED)
+
+
+def test_the_trace_writer_refuses_times_its_reader_would_reject(tmp_path: Path) -> None:
+    from cortex_fsm.trace import RequestEvent, TraceHeader, TraceWriter
+
+    with TraceWriter(
+        tmp_path / "t.jsonl", TraceHeader(neurons=(Neuron(name="a", endpoint="http://a"),))
+    ) as w:
+        w.write(RequestEvent(t=1.0, id="r1", model="m"))
+        for t in (float("nan"), float("inf"), 0.5):
+            with pytest.raises(ValueError, match="finite and never go backwards"):
+                w.write(RequestEvent(t=t, id="r2", model="m"))

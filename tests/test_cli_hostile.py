@@ -212,3 +212,10 @@ def test_existing_decisions_survive_every_failure(tmp_path: Path) -> None:
         assert cli("replay", *args, "--decisions", str(out), cwd=tmp_path).returncode == 2
         assert out.read_text() == "previous complete result\n"
     assert sorted(os.listdir(tmp_path)) == ["d.jsonl", "t.jsonl"]
+
+
+@pytest.mark.parametrize("value", ["1_0", "\u0663", "nan", "inf"])
+def test_set_takes_plain_decimal_numbers_only(tmp_path: Path, value: str) -> None:
+    for key in ("failure_threshold", "poll_interval"):
+        done = cli("replay", str(EXAMPLE), "--set", f"{key}={value}", cwd=tmp_path)
+        one_error(done, 2, key)

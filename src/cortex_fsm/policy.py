@@ -9,6 +9,7 @@ silently ignored.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -99,12 +100,14 @@ def parse_assignment(text: str, *, where: str) -> tuple[str, object]:
     if not sep or not key:
         raise ConfigError(f"{where}: expected KEY=VALUE, got {text!r}")
     raw = raw.strip()
-    value: object = raw
-    try:
-        value = int(raw)
-    except ValueError:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = raw
-    return key, value
+    # Plain decimal numbers only: int() and float() would also take "1_0",
+    # non-ASCII digits, "nan" and "inf".
+    if _INTEGER.fullmatch(raw):
+        return key, int(raw)
+    if _DECIMAL.fullmatch(raw):
+        return key, float(raw)
+    return key, raw
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)

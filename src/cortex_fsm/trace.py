@@ -492,8 +492,10 @@ class TraceWriter:
         self._fh.flush()
 
     def write(self, event: Event) -> None:
-        if event.t < self._last_t:
-            raise ValueError(f"trace time goes backwards: {event.t} after {self._last_t}")
+        if not self._last_t <= event.t < math.inf:  # NaN fails both comparisons
+            raise ValueError(
+                f"trace time must be finite and never go backwards: {event.t} after {self._last_t}"
+            )
         self._last_t = event.t
         self.write_obj(event_json(event))
 

@@ -161,7 +161,8 @@ async def test_load_rejects_bad_specs(anyio_backend: str) -> None:
             b"not json",
             b"[1, 2]",
             {"harness": "candle"},
-            {"model_id": "m"},
+            {"model_id": "m", "harness": ""},
+            {"model_id": "m", "harness": 5},
             {"model_id": "m", "harness": "candle", "devices": [2]},
             {"model_id": "m", "harness": "candle", "devices": [0, 0]},
             {"model_id": "m", "harness": "candle", "tensor_parallel": 3},
@@ -170,6 +171,9 @@ async def test_load_rejects_bad_specs(anyio_backend: str) -> None:
             assert resp.status == 400, spec
             assert resp.json()["error"]["type"] == "invalid_request_error"
         assert n.neuron.models() == {}
+        # the catalogue's harness is optional: without one, the neuron's own
+        assert (await n.post("/models/load", {"model_id": "m"})).status == 200
+        assert (await n.get("/models")).json()[0]["harness"] == "candle"
 
 
 async def test_load_delay_shows_loading(anyio_backend: str) -> None:
@@ -395,10 +399,22 @@ async def test_control_set_status_and_queue_over_http(anyio_backend: str) -> Non
             ({"action": "set_queue", "model": "ghost", "queue_depth": 1}, 404),
             ({"action": "set_queue", "model": "m", "queue_depth": -1}, 400),
             ({"action": "stall", "seconds": "soon"}, 400),
+            (b'{"action": "stall", "seconds": NaN}', 400),
+            (b'{"action": "stall", "seconds": Infinity}', 400),
+            ({"action": "set_queue", "model": ["m"], "queue_depth": 1}, 400),
+            ({"action": "set_queue", "model": {}, "queue_depth": 1}, 400),
             ({"action": "explode"}, 400),
         ):
             assert (await n.post("/_control", bad)).status == status, bad
         assert n.neuron.fault_state()["models"]["m"]["queue_depth"] == 7
+        assert n.neuron.fault_state()["stall_seconds"] == 0
+        # a prompt nested past any sensible depth is the client's mistake
+        deep: object = "hi"
+        for _ in range(500):
+            deep = [deep]
+        resp = await n.post("/v1/chat/completions", {"model": "m", "messages": [{"content": deep}]})
+        assert resp.status == 400
+        assert "nested" in resp.json()["error"]["message"]
 
 
 async def test_in_process_faults(anyio_backend: str) -> None:
@@ -486,7 +502,14 @@ def test_cli_arguments() -> None:
     args = _parser().parse_args(argv.split())
     assert (args.name, args.gpus, args.vram, args.port) == ("n", 2, 1000, 0)
     assert args.models == [("org/M", "recovering"), ("hf:org/X", "loaded"), ("plain", "loaded")]
-    for bad in (["--gpus", "-1"], ["--port", "70000"], ["--model", ":loaded"], ["--vram", "x"]):
+    for bad in (
+        ["--gpus", "-1"],
+        ["--gpus", "100000000000000000000"],
+        ["--port", "70000"],
+        ["--model", ":loaded"],
+        ["--vram", "x"],
+        ["--token-latency", "inf"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             _parser().parse_args(bad)
         assert exit_info.value.code == 2

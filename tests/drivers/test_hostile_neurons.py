@@ -311,3 +311,25 @@ async def test_a_model_name_past_the_limit_is_a_400_and_not_remembered(
         assert f.gateway.journal.requests == 0  # never decided, never cached
         resp = await f.post("/v1/chat/completions", chat_body("y" * 1024))
         assert resp.status == 404  # at the limit: an ordinary unknown model
+
+
+async def test_head_and_absolute_form_targets(anyio_backend: str) -> None:
+    script = ScriptedNeuron("s", gpus=1, models=[(SMALL, "loaded")])
+    async with running_fleet(scripted=[script]) as f:
+
+        async def ask(line: str, extra: str = "") -> tuple[bytes, bytes]:
+            data = f"{line}\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode()
+            head, _, body = (await raw_exchange(f.gateway.url, data)).partition(b"\r\n\r\n")
+            return head.lower(), body
+
+        for path in ("/health", "/v1/models"):
+            head, body = await ask(f"HEAD {path} HTTP/1.1")
+            assert head.startswith(b"http/1.1 200 "), head
+            assert body == b""
+        head, _ = await ask("POST /health HTTP/1.1", "Content-Length: 0\r\n")
+        assert head.startswith(b"http/1.1 405 ")
+        assert b"\r\nallow: get, head" in head
+        # RFC 9112 3.2.2: an absolute-form target is served by its path
+        head, body = await ask(f"GET {f.gateway.url}/health?x=1 HTTP/1.1")
+        assert head.startswith(b"http/1.1 200 ")
+        assert "s" in {n["name"] for n in json.loads(body)["nodes"]}

@@ -15,7 +15,7 @@ without GPUs:
     ``in_flight`` counts the inference requests being served right now,
     ``queue_depth`` is whatever was last set through the control API (0).
 ``POST /models/load``
-    ``{"model_id", "harness", "quant"?, "tensor_parallel"?, "devices"?}`` ->
+    ``{"model_id", "harness"?, "quant"?, "tensor_parallel"?, "devices"?}`` ->
     200 ``{"status": "loaded", ...}`` after ``load_delay`` seconds (the model
     reads ``loading`` meanwhile); a model already ``loaded`` answers 200 with
     ``"message": "model already loaded"``; a malformed spec, or device
@@ -77,6 +77,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 import zlib
@@ -112,6 +113,8 @@ MODEL_STATUSES: Final = ("loaded", "unloaded", "reloading", "loading", "recoveri
 
 _SERVING: Final = ("loaded", "reloading")
 _HARNESS: Final = "candle"
+#: A host with more GPUs than this is not a host (and its /discovery would be huge).
+MAX_GPUS: Final = 64
 _DEFAULT_MAX_TOKENS: Final = 16
 _REQUEST_LOG_SIZE: Final = 1000
 
@@ -164,7 +167,9 @@ class FakeNeuronConfig:
         default=0, validator=[attrs.validators.ge(0), attrs.validators.le(65535)]
     )
     """0 picks a free port."""
-    gpus: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    gpus: int = attrs.field(
+        default=1, validator=[attrs.validators.ge(0), attrs.validators.le(MAX_GPUS)]
+    )
     vram_mb: int = attrs.field(default=24576, validator=attrs.validators.ge(0))
     """VRAM of each GPU."""
     models: tuple[tuple[str, str], ...] = attrs.field(
@@ -210,13 +215,19 @@ def _model_vram_mb(model_id: str, device_count: int, vram_per_gpu: int) -> int:
     return min(wanted, vram_per_gpu * max(1, device_count))
 
 
-def _prompt_text(value: object) -> str:
+_PROMPT_DEPTH = 32
+
+
+def _prompt_text(value: object, depth: int = 0) -> str:
+    """The text of a prompt or message content (strings, lists of parts, ``text`` parts)."""
+    if depth > _PROMPT_DEPTH:
+        raise _BadRequest(f"the prompt is nested more than {_PROMPT_DEPTH} levels deep")
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(_prompt_text(item) for item in value)
+        return "\n".join(_prompt_text(item, depth + 1) for item in value)
     if isinstance(value, dict):
-        return _prompt_text(value.get("text", value.get("content", "")))
+        return _prompt_text(value.get("text", value.get("content", "")), depth + 1)
     return "" if value is None else str(value)
 
 
@@ -326,8 +337,12 @@ class FakeNeuron:
 
     def stall(self, seconds: float) -> None:
         """Delay every later request by ``seconds`` (0 stops stalling)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-            raise ValueError(f"stall seconds must be a number >= 0, got {seconds!r}")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise ValueError(f"stall seconds must be a finite number >= 0, got {seconds!r}")
         self._stall = float(seconds)
 
     def fail(self) -> None:
@@ -363,6 +378,8 @@ class FakeNeuron:
         """Set the queue depth ``/health`` reports for a known model."""
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 0:
             raise ValueError(f"queue_depth must be an integer >= 0, got {queue_depth!r}")
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError(f"model must be a non-empty string, got {model_id!r}")
         if model_id not in self._models:
             raise KeyError(model_id)
         self._models[model_id].queue_depth = queue_depth
@@ -538,6 +555,8 @@ class FakeNeuron:
         devices = spec.get("devices")
         if not isinstance(requested, str) or not requested:
             raise _BadRequest("model_id must be a non-empty string")
+        if harness is None:
+            harness = _HARNESS  # the catalogue's harness is optional: this neuron's own
         if not isinstance(harness, str) or not harness:
             raise _BadRequest("harness must be a non-empty string")
         if quant is not None and not isinstance(quant, str):
@@ -803,8 +822,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
     return value
 
 
@@ -818,7 +837,10 @@ def add_fake_neuron_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=_int_at_least(0, 65535), default=0, help="port to bind (default: a free one)"
     )
     parser.add_argument(
-        "--gpus", type=_int_at_least(0), default=1, help="number of GPUs (default: %(default)s)"
+        "--gpus",
+        type=_int_at_least(0, MAX_GPUS),
+        default=1,
+        help=f"number of GPUs, at most {MAX_GPUS} (default: %(default)s)",
     )
     parser.add_argument(
         "--vram",

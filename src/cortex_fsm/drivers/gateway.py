@@ -253,14 +253,14 @@ class Gateway:
                     f"Unknown path {request.method} {path}", "invalid_request_error", "not_found"
                 ),
             )
-        elif request.method != method:
+        elif request.method != method and not (method == "GET" and request.method == "HEAD"):
             await _reply(
                 responder,
                 405,
                 _envelope(
                     f"Use {method} for {path}", "invalid_request_error", "method_not_allowed"
                 ),
-                [("allow", method)],
+                [("allow", "GET, HEAD" if method == "GET" else method)],
             )
         elif path in _INFERENCE:
             await self._inference(request, responder, path)

@@ -238,6 +238,17 @@ def _has_header(headers: Sequence[tuple[str, str]], name: str) -> bool:
     return any(key.lower() == name for key, _ in headers)
 
 
+def _origin_form(target: str) -> str:
+    """RFC 9112 3.2.2: a server accepts ``http://host/path?q`` and uses ``/path?q``."""
+    if target[:7].lower() != "http://" and target[:8].lower() != "https://":
+        return target
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return target  # unusable: it will match no route
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def _find_raw(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
     """Whether h11's (lower-cased) ``headers`` hold ``name``."""
     return any(key == name for key, _ in headers)
@@ -719,8 +730,9 @@ class Request:
     def __init__(self, conn: _ServerConnection, head: h11.Request) -> None:
         self._conn = conn
         self.method: str = head.method.decode("ascii")
-        self.target: str = head.target.decode("latin-1")
-        """Path and query exactly as sent, e.g. ``/models/org%2FBig/endpoint?x=1``."""
+        self.target: str = _origin_form(head.target.decode("latin-1"))
+        """Path and query as sent, e.g. ``/models/org%2FBig/endpoint?x=1`` (an
+        absolute-form target, ``http://host/path``, reduced to its path and query)."""
         self.headers: HeaderPairs = _decode_headers(head.headers)
         self.http_version: str = head.http_version.decode("ascii")
         self.peer: tuple[str, int] | None = conn.peer
