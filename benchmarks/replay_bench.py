@@ -148,6 +148,7 @@ def main() -> int:
     if args.quick:
         args.events, args.rounds = 100_000, 1
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, workdir {workdir}")
     print("\n(a) replay throughput vs parse-only (lines/s, best of rounds)\n")
     print(
