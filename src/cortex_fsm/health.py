@@ -220,11 +220,11 @@ MAX_FAILURE_THRESHOLD = 10_000
 
 def validate_threshold(value: object, *, key: str = "failure_threshold") -> int:
     """Return ``value`` if it is a valid failure threshold, else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(
-            f"{key} must be an integer in 1..{MAX_FAILURE_THRESHOLD}, got {_shown(value)}"
-        )
-    if not 1 <= value <= MAX_FAILURE_THRESHOLD:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_FAILURE_THRESHOLD
+    ):
         raise ConfigError(
             f"{key} must be an integer in 1..{MAX_FAILURE_THRESHOLD}, got {_shown(value)}"
         )

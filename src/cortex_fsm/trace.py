@@ -565,6 +565,16 @@ class AtomicOutput:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
 
+    def __enter__(self) -> IO[str]:
+        return self.stream
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """Commit when the block completes, discard when it raises."""
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
 
 # --- decision output -------------------------------------------------------------------------
 

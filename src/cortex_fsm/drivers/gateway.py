@@ -303,7 +303,13 @@ class Gateway:
                 problem = f"'model' is longer than {_MAX_MODEL_NAME} characters"
             elif isinstance(requested, str) and requested:
                 await self._route(
-                    request, responder, path=path, raw=raw, payload=payload, requested=requested
+                    request,
+                    responder,
+                    path=path,
+                    raw=raw,
+                    payload=payload,
+                    requested=requested,
+                    hops=",".join([*hops, self._hop]),
                 )
                 return
             else:
@@ -319,7 +325,9 @@ class Gateway:
         raw: bytes,
         payload: dict[str, Any],
         requested: str,
+        hops: str,
     ) -> None:
+        """``hops``: the ``x-cortex-hop`` value to forward (this gateway's token added)."""
         # Decide first, synchronously (the decision is recorded as it is made) ...
         request_id, decision = self.journal.request(requested)
         if not decision.routed:
@@ -348,8 +356,7 @@ class Gateway:
         target = base + path
         if request.query:
             target += "?" + request.query
-        hops = _hops(request.header(_HOP_HEADER))
-        headers = [_JSON_TYPE, (_HOP_HEADER, ",".join([*hops, self._hop]))]
+        headers = [_JSON_TYPE, (_HOP_HEADER, hops)]
         for name in _FORWARDED_REQUEST_HEADERS:
             value = request.header(name)
             if value is not None:

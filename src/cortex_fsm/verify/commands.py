@@ -300,13 +300,8 @@ def export_main(args: argparse.Namespace) -> int:
         print(f"cortex-fsm export: error: -o: {problem}", file=sys.stderr)
         return 2
     try:
-        sink = AtomicOutput(args.output)
-        try:
-            sink.stream.write(text)
-        except BaseException:
-            sink.discard()
-            raise
-        sink.commit()
+        with AtomicOutput(args.output) as out:
+            out.write(text)
     except OSError as exc:
         print(
             f"cortex-fsm export: error: cannot write {args.output}: {exc.strerror or exc}",
