@@ -1,0 +1,189 @@
+"""Seeded random processes: what really happens to the fleet, and who asks for what.
+
+Common random numbers: every process draws from its own stream, seeded from
+``(seed, stream name)`` -- one per node for outages, one per node for blips,
+one per node for slow polls, and separate ones for arrival times, requested
+models and token counts. The ground truth and the arrivals are therefore
+functions of the scenario's failure and traffic tables and the seed alone:
+changing the policy (``failure_threshold``, ``poll_interval``, ...) between
+two runs changes what the gateway does, never what the fleet or the clients
+do, so the difference between two grid points is the policy's doing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable, Iterator
+
+import attrs
+
+from .arrivals import read_arrivals
+from .scenario import Failures, Traffic
+
+__all__ = ["Change", "Request", "requests", "stream", "truth_changes"]
+
+
+def stream(seed: int, name: str) -> random.Random:
+    """The random stream ``name`` of run ``seed`` (independent of every other name)."""
+    digest = hashlib.sha256(f"cortex-fsm/{seed}/{name}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Change:
+    """The node's real state changes at ``t``: ``up`` or not, and why."""
+
+    t: float
+    up: bool
+    why: str
+
+
+def _outages(failures: Failures, rng: random.Random) -> Iterator[tuple[float, float]]:
+    """Alternating renewal process: up for Exp(mtbf_s), down for Exp(mttr_s)."""
+    if failures.mtbf_s is None:
+        return
+    up_rate, down_rate = 1.0 / failures.mtbf_s, 1.0 / failures.mttr_s
+    t = 0.0
+    while True:
+        start = t + rng.expovariate(up_rate)
+        end = start + rng.expovariate(down_rate)
+        yield start, end
+        t = end
+
+
+def _blips(failures: Failures, rng: random.Random) -> Iterator[tuple[float, float]]:
+    """Poisson blips of fixed length ``blip_s`` (they may overlap)."""
+    if failures.blip_per_hour <= 0:
+        return
+    rate = failures.blip_per_hour / 3600.0
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        yield t, t + failures.blip_s
+
+
+_Process = Callable[[Failures, random.Random], Iterator[tuple[float, float]]]
+_Marks = Iterator[tuple[float, int, str]]
+
+# Sweep-line marks: at equal times a start sorts before an end, so an outage
+# that begins as a blip ends is one continuous down period, not a flap.
+_START, _END = 0, 1
+
+
+def _marks(
+    intervals: Iterator[tuple[float, float]], what: str, over: str, ends: bool
+) -> Iterator[tuple[float, int, str]]:
+    for start, end in intervals:
+        yield (end, _END, over) if ends else (start, _START, what)
+
+
+def truth_changes(name: str, failures: Failures, seed: int) -> Iterator[Change]:
+    """Node ``name``'s real up/down changes after t = 0 (it starts up), forever.
+
+    Outages (``mtbf_s``/``mttr_s``) and blips (``blip_per_hour``/``blip_s``)
+    come from two streams and are merged: the node is down while any is on.
+    """
+
+    def pair(kind: str, make: _Process, what: str, over: str) -> list[_Marks]:
+        # Starts and ends of one process each come in time order (fixed-length
+        # blips end in the order they start), from two copies of the same stream.
+        a = make(failures, stream(seed, f"{kind}/{name}"))
+        b = make(failures, stream(seed, f"{kind}/{name}"))
+        return [_marks(a, what, over, False), _marks(b, what, over, True)]
+
+    marks = heapq.merge(
+        *pair("outages", _outages, "outage", "repaired"),
+        *pair("blips", _blips, "blip", "blip over"),
+    )
+    down = 0
+    for t, mark, why in marks:
+        if mark == _START:
+            down += 1
+            if down == 1:
+                yield Change(t=t, up=False, why=why)
+        else:
+            down -= 1
+            if down == 0:
+                yield Change(t=t, up=True, why=why)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Request:
+    """One client request: when, which model, and its token counts."""
+
+    t: float
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+class _Picker:
+    """Weighted choice of the requested model, from its own stream."""
+
+    def __init__(self, weights: tuple[tuple[str, float], ...], rng: random.Random) -> None:
+        self.models = [m for m, _ in weights]
+        total = sum(w for _, w in weights)
+        acc = 0.0
+        self.cumulative = []
+        for _, w in weights:
+            acc += w / total
+            self.cumulative.append(acc)
+        self.cumulative[-1] = 1.0
+        self.random = rng.random
+
+    def __call__(self) -> str:
+        if len(self.models) == 1:
+            return self.models[0]
+        u = self.random()
+        for model, edge in zip(self.models, self.cumulative, strict=True):
+            if u < edge:
+                return model
+        return self.models[-1]
+
+
+def _tokens(mean: float, rng: random.Random) -> int:
+    """A token count with the given mean (geometric-like: exponential, rounded)."""
+    if mean <= 0:
+        return 0
+    return max(1, round(rng.expovariate(1.0 / mean)))
+
+
+def requests(traffic: Traffic, seed: int, until: float | None) -> Iterator[Request]:
+    """The requests in time order, up to ``until`` (None: all rows of the file)."""
+    pick = _Picker(traffic.models, stream(seed, "traffic/models")) if traffic.models else None
+    if traffic.rate_per_s is not None:
+        assert until is not None and pick is not None
+        times = stream(seed, "traffic/arrivals")
+        sizes = stream(seed, "traffic/tokens")
+        rate = traffic.rate_per_s
+        t = times.expovariate(rate)
+        while t <= until:
+            yield Request(
+                t=t,
+                model=pick(),
+                input_tokens=_tokens(traffic.input_tokens, sizes),
+                output_tokens=_tokens(traffic.output_tokens, sizes),
+            )
+            t += times.expovariate(rate)
+        return
+    assert traffic.arrivals is not None
+    for row in read_arrivals(traffic.arrivals, traffic.format, dict(traffic.model_map)):
+        if until is not None and row.t > until:
+            return
+        model = row.model
+        if model is None:
+            assert pick is not None  # the scenario checked that models are known
+            model = pick()
+        yield Request(
+            t=row.t, model=model, input_tokens=row.input_tokens, output_tokens=row.output_tokens
+        )
+
+
+def service_time(traffic: Traffic, request: Request) -> float:
+    """How long the node takes to answer ``request`` (prefill, then decode)."""
+    return (
+        request.input_tokens / traffic.prefill_tokens_per_s
+        + request.output_tokens / traffic.tokens_per_s
+    )
