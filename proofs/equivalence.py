@@ -49,6 +49,12 @@ def via_if_chain(
         return None
     if event is Event.POLL_OK:
         return (int(Phase.HEALTHY), 0)
+    if event is Event.REQUEST_OK:
+        if phase is Phase.HEALTHY or phase is Phase.SUSPECT:
+            return (int(Phase.HEALTHY), 0)
+        return (int(phase), 0)  # never revives
+    if event is Event.REQUEST_FAILED and phase is Phase.UNKNOWN:
+        return (int(Phase.UNKNOWN), 0)
     if phase is Phase.UNKNOWN or phase is Phase.UNHEALTHY:
         return (int(Phase.UNHEALTHY), 0)
     if failures + 1 < threshold:

@@ -93,6 +93,7 @@ def runs_keep_h1_to_h4(
     from unknown, for thresholds 1-5 (checked after every poll).
 
     pre: 1 <= threshold <= 5
+    pre: all(e in (Event.POLL_OK, Event.POLL_FAILED) for e in (e1, e2, e3, e4, e5, e6))
     post: __return__
     """
     state = UNKNOWN

@@ -16,6 +16,7 @@ from __future__ import annotations
 from cortex_fsm.catalogue import Catalogue, Profile, feasible
 from cortex_fsm.fleet import Device, Discovery, FleetSnapshot, ModelEntry, ModelStatus, NodeSnapshot
 from cortex_fsm.health import HealthState, Phase
+from cortex_fsm.policy import Policy
 from cortex_fsm.routing import Decision, decide
 from cortex_fsm.verify.invariants import r1, r3, r4, r6, r7
 
@@ -56,8 +57,8 @@ class _InOrder:
     def __init__(self, first: NodeSnapshot, second: NodeSnapshot) -> None:
         self.nodes = (first, second)
 
-    def any_routable(self) -> bool:
-        return self.nodes[0].routable or self.nodes[1].routable
+    def any_routable(self, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(n.routable and n.name not in exclude for n in self.nodes)
 
     def holders(self, model: str) -> list[NodeSnapshot]:
         return [n for n in self.nodes if model in n.models]
@@ -70,7 +71,7 @@ def _decide(
     a: NodeSnapshot, b: NodeSnapshot, catalogue: Catalogue, reverse: bool
 ) -> tuple[FleetSnapshot, Decision]:
     view = _InOrder(b, a) if reverse else _InOrder(a, b)
-    return FleetSnapshot(nodes=(a, b)), decide(view, catalogue, "alias")
+    return FleetSnapshot(nodes=(a, b)), decide(view, catalogue, "alias", Policy.reference())
 
 
 def _catalogue(profile: Profile | None) -> Catalogue:

@@ -30,9 +30,13 @@ def suspect(n: int) -> HealthState:
 
 
 def spec_next(state: HealthState, event: Event, t: int) -> HealthState:
-    """semantics.md §2, written out independently of the table."""
+    """docs/semantics.md §2 and §6, written out independently of the table."""
     if event is Event.POLL_OK:
         return HEALTHY
+    if event is Event.REQUEST_OK:
+        return HEALTHY if state.routable else state  # never revives (H5)
+    if event is Event.REQUEST_FAILED and state.phase is Phase.UNKNOWN:
+        return state  # no request can reach a node that never answered: ignored
     if state.phase is Phase.UNKNOWN or state.phase is Phase.UNHEALTHY:
         return UNHEALTHY
     n = state.failures if state.phase is Phase.SUSPECT else 0
@@ -95,17 +99,20 @@ def _path_to(state: HealthState) -> list[Event]:
     return [Event.POLL_OK] + [Event.POLL_FAILED] * state.failures
 
 
-def test_invariants_h1_to_h4_over_every_short_sequence() -> None:
-    """Exhaustive over all event sequences of length <= 8, thresholds 1..5."""
+_FAILURES = (Event.POLL_FAILED, Event.REQUEST_FAILED)
+
+
+def test_invariants_h1_to_h6_over_every_short_sequence() -> None:
+    """Exhaustive over all sequences of the four events of length <= 7, thresholds 1..4."""
     import itertools
 
-    for threshold in range(1, 6):
+    for threshold in range(1, 5):
         table = HealthTable(threshold)
-        for length in range(9):
+        for length in range(8):
             for events in itertools.product(Event, repeat=length):
                 state = UNKNOWN
                 ever_ok = False
-                run = 0  # consecutive failures so far
+                run = 0  # consecutive failures (of either kind) since the last success
                 routable_before_run = False
                 for event in events:
                     before = state
@@ -114,6 +121,10 @@ def test_invariants_h1_to_h4_over_every_short_sequence() -> None:
                         ever_ok = True
                         run = 0
                         assert state == HEALTHY  # H4
+                    elif event is Event.REQUEST_OK:
+                        assert state.routable == before.routable  # H5 (and never evicts)
+                        if before.routable:
+                            run = 0
                     else:
                         if run == 0:
                             routable_before_run = before.routable
@@ -121,9 +132,17 @@ def test_invariants_h1_to_h4_over_every_short_sequence() -> None:
                         if routable_before_run and run <= threshold - 1:
                             assert state.routable  # H2
                         if run >= threshold:
-                            assert not state.routable  # H3
+                            assert not state.routable  # H3, H6
                     if not ever_ok:
                         assert not state.routable  # H1
+
+
+def test_without_passive_health_request_outcomes_change_nothing() -> None:
+    table = HealthTable(3, passive=False)
+    for state in table.states:
+        for event in (Event.REQUEST_FAILED, Event.REQUEST_OK):
+            assert table.step(state, event) is state
+        assert table.step(state, Event.POLL_FAILED) == step(state, Event.POLL_FAILED, 3)
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_fsm import Catalogue, Decision, Outcome, Profile
+from cortex_fsm import Catalogue, Decision, Outcome, Policy, Profile
 from cortex_fsm.catalogue import LoadSpec
 from cortex_fsm.errors import REJECTS, ErrorClass
 from cortex_fsm.fleet import Device, Discovery, FleetSnapshot, ModelEntry, ModelStatus, NodeSnapshot
 from cortex_fsm.health import UNKNOWN, HealthState, Phase
 from cortex_fsm.routing import decide
 from cortex_fsm.verify import invariants as inv
+
+REFERENCE = Policy.reference()
 
 HEALTHY = HealthState(phase=Phase.HEALTHY)
 SUSPECT1 = HealthState(phase=Phase.SUSPECT, failures=1)
@@ -205,7 +207,7 @@ def test_r5_and_the_reordered_views() -> None:
     )
     flipped = inv.reordered_catalogue(catalogue)
     assert list(flipped.profiles) == ["q", "p"] and list(flipped.aliases) == ["y", "x"]
-    assert decide(reverse, flipped, "m") == decide(fleet, catalogue, "m")
+    assert decide(reverse, flipped, "m", REFERENCE) == decide(fleet, catalogue, "m", REFERENCE)
 
 
 def test_spec_decide_reads_the_rules_in_order() -> None:
@@ -217,7 +219,7 @@ def test_spec_decide_reads_the_rules_in_order() -> None:
     )
     want = inv.spec_decide(fleet, CATALOGUE, "alias")
     assert want.outcome is Outcome.MODEL_RECOVERING and want.subject == "b"  # rule 3 before 4
-    got = decide(fleet, CATALOGUE, "alias")
+    got = decide(fleet, CATALOGUE, "alias", REFERENCE)
     assert inv.spec(fleet, CATALOGUE, got)
     assert not inv.spec(fleet, CATALOGUE, decision(Outcome.ROUTE_UNLOADED, "a", requested="alias"))
     nobody = FleetSnapshot(nodes=(node("a", UNHEALTHY),))
@@ -251,4 +253,4 @@ def test_check_decision_names_every_broken_invariant() -> None:
     bad = decision(Outcome.NO_FEASIBLE_NEURON, "b")
     assert inv.check_decision(fleet, CATALOGUE, bad) == ["R1", "R3", "SPEC"]
     assert inv.check_decision(fleet, CATALOGUE, bad, with_spec=False) == ["R1", "R3"]
-    assert inv.check_decision(fleet, CATALOGUE, decide(fleet, CATALOGUE, "m")) == []
+    assert inv.check_decision(fleet, CATALOGUE, decide(fleet, CATALOGUE, "m", REFERENCE)) == []

@@ -56,6 +56,8 @@ KNOWN = {"loaded", "unloaded", "reloading", "loading", "recovering"}
 
 _TMP = Path(tempfile.mkdtemp(prefix="cortex-traces-"))
 
+REFERENCE = Policy.reference()
+
 
 def _device(i: int, vram: int) -> dict[str, object]:
     return {"index": i, "name": "GPU", "vram_total_mb": vram, "compute_capability": "9.0"}
@@ -154,7 +156,7 @@ def traces(draw: st.DrawFn) -> tuple[TraceHeader, list[Event]]:
     header = TraceHeader(
         neurons=tuple(Neuron(name=n, endpoint=f"http://{n}:1") for n in names),
         catalogue=catalogue,
-        policy=Policy(failure_threshold=threshold),
+        policy=Policy.reference().with_values({"failure_threshold": threshold}),
     )
     chosen = draw(st.lists(st.sampled_from(_TEMPLATES[nodes]), min_size=5, max_size=40))
     # Times never decrease; pairs of events share a time stamp.
@@ -218,9 +220,9 @@ def check_replay(header: TraceHeader, events: list[Event], path: Path) -> int:
                 assert f1(expected[n.name], n.models), f"F1: {n.name} {n.models}"
             views = reordered_views(snapshot)
             for requested in REQUESTS:
-                reference = decide(snapshot, catalogue, requested)
+                reference = decide(snapshot, catalogue, requested, REFERENCE)
                 others = [engine.decide(requested)] + [
-                    decide(v, reversed_catalogue, requested) for v in views
+                    decide(v, reversed_catalogue, requested, REFERENCE) for v in views
                 ]
                 assert r5(reference, others), f"R5: {requested!r}: {reference} vs {others}"
                 bad = check_decision(snapshot, catalogue, reference)
@@ -241,7 +243,7 @@ def test_a_violation_is_reported() -> None:
     header = TraceHeader(
         neurons=(Neuron(name="a", endpoint="http://a:1"),),
         catalogue=Catalogue(),
-        policy=Policy(failure_threshold=2),
+        policy=Policy.reference().with_values({"failure_threshold": 2}),
     )
     events: list[Event] = [
         ModelsEvent(t=0.0, node="a", ok=True, body=[{"id": "m", "status": "loaded"}]),

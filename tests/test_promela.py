@@ -91,8 +91,8 @@ def test_the_export_refuses_a_decide_that_depends_on_node_order(
 ) -> None:
     real = promela.decide
 
-    def first_seen(fleet, catalogue, requested):  # type: ignore[no-untyped-def]
-        decision = real(fleet, catalogue, requested)
+    def first_seen(fleet, catalogue, requested, policy):  # type: ignore[no-untyped-def]
+        decision = real(fleet, catalogue, requested, policy)
         holders = [
             n.name
             for n in fleet.holders("m")

@@ -39,6 +39,7 @@ from cortex_fsm.verify.invariants import (
 )
 from cortex_fsm.wire import Invalid
 
+REFERENCE = Policy.reference()
 NAMES = ("alpha", "bravo", "charlie", "delta")
 MODELS = ("big", "small", "pinned", "x", "tier/big")
 REQUESTS = (*MODELS, "tier/small", "chain", "nope")
@@ -269,7 +270,7 @@ class EngineVersusNaive(RuleBasedStateMachine):
         self.engine = Engine(
             [Neuron(name=n, endpoint=f"http://{n}:13131") for n in self.names],
             catalogue,
-            Policy(failure_threshold=threshold),
+            Policy.reference().with_values({"failure_threshold": threshold}),
         )
         self.naive = {n: NaiveNode(n) for n in self.names}
         self.history = {n: PollHistory() for n in self.names}
@@ -457,9 +458,9 @@ class EngineVersusNaive(RuleBasedStateMachine):
         views = reordered_views(snapshot)
         reversed_catalogue = reordered_catalogue(self.catalogue)
         for requested in REQUESTS:
-            reference = decide(snapshot, self.catalogue, requested)
+            reference = decide(snapshot, self.catalogue, requested, REFERENCE)
             others = [self.eng.decide(requested)] + [
-                decide(v, reversed_catalogue, requested) for v in views
+                decide(v, reversed_catalogue, requested, REFERENCE) for v in views
             ]
             assert r5(reference, others), (requested, reference, others)
             bad = check_decision(snapshot, self.catalogue, reference)

@@ -150,7 +150,7 @@ def test_duplicate_request_ids(tmp_path: Path) -> None:
     [
         ({"kind": "request", "t": 0, "id": "r", "model": "m"}, "line 1 must be the header"),
         ({**HEADER, "format": "other"}, "format must be 'cortex-fsm-trace'"),
-        ({**HEADER, "version": 2}, "unsupported trace version 2"),
+        ({**HEADER, "version": 3}, "unsupported trace version 3"),
         ({**HEADER, "neurons": {}}, "neurons must be an array"),
         ({**HEADER, "neurons": [{"name": "", "endpoint": "x"}]}, r"neurons\[0\].name"),
         ({**HEADER, "neurons": [{"name": "a"}]}, r"neurons\[0\].endpoint must be a string"),

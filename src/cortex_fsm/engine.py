@@ -1,7 +1,9 @@
 """The sans-IO engine: observations in, transitions and decisions out.
 
 The engine owns the fleet's state -- per node: health, cached discovery,
-model map and load readings -- and nothing else. It never reads a clock
+model map, load readings, and (docs/semantics.md §8) the requests it routed
+there and not yet finished and when each replica was last chosen -- and
+nothing else. It never reads a clock
 (every observation carries its time ``t``), never does I/O, and never decides
 anything on its own: health moves only through the health table, requests
 only through the routing table.
@@ -16,11 +18,19 @@ indexes alongside the node records, updated on every observation:
 * model id -> the nodes whose model map has an entry for it;
 * profile id -> the nodes feasible for it (changes only with discovery).
 
-Decisions are also cached per requested name. A cached decision is dropped
-as soon as anything it depends on changes: the model's entries (added,
-removed, status), a holder's load reading for it, or -- rarely, so the whole
-cache goes -- any node's routability or topology. Between polls, requests
-for the same model therefore cost one dictionary lookup.
+Decisions are also cached per requested name (for decisions without an
+``exclude`` set). A cached decision is dropped as soon as anything it depends
+on changes: the model's entries (added, removed, status), a holder's load
+reading, local in-flight count or recency for it, or -- rarely, so the whole
+cache goes -- any node's routability or topology, the fleet or the
+configuration. Between polls, requests for the same model therefore cost one
+dictionary lookup (under ``load = "max"`` every routed request changes its
+model's loads, so there the cache only saves repeated questions).
+
+Request outcomes (§6) and fleet changes (§12) are observations like any
+other: :meth:`Engine.observe_request`, :meth:`Engine.finish`,
+:meth:`Engine.add_neuron`, :meth:`Engine.remove_neuron`,
+:meth:`Engine.reconfigure`.
 
 The verification suite checks that decisions through these indexes and the
 cache equal decisions over a full scan of :meth:`Engine.snapshot`.
@@ -45,9 +55,9 @@ from .fleet import (
     NodeSnapshot,
     PollFailure,
 )
-from .health import UNKNOWN, Event, HealthState, HealthTable
+from .health import UNKNOWN, Event, HealthState, HealthTable, Phase
 from .policy import Policy
-from .routing import RULE_OUTCOME, Decision, decide
+from .routing import NO_EXCLUDE, RULE_OUTCOME, Decision, decide
 from .wire import Invalid, parse_health, parse_models
 
 __all__ = ["Engine", "NodeStatus", "Statistics", "Transition"]
@@ -114,6 +124,7 @@ class _Entry:
 class _Node:
     __slots__ = (
         "busy",
+        "chosen",
         "discovery",
         "endpoint",
         "failures",
@@ -121,6 +132,7 @@ class _Node:
         "health_body",
         "last_failure",
         "last_ok",
+        "local",
         "models",
         "models_body",
         "name",
@@ -135,6 +147,8 @@ class _Node:
         self.discovery: Discovery | None = None
         self.models: dict[str, _Entry] = {}
         self.busy: dict[str, int] = {}
+        self.local: dict[str, int] = {}
+        self.chosen: dict[str, int] = {}
         self.failures = 0
         self.last_ok: float | None = None
         self.last_failure: str | None = None
@@ -162,9 +176,7 @@ class Engine:
     ) -> None:
         self.catalogue = catalogue if catalogue is not None else Catalogue()
         self.policy = policy if policy is not None else Policy()
-        self._table = HealthTable(self.policy.failure_threshold)
-        self._after_ok = self._table.on[Event.POLL_OK]
-        self._after_failed = self._table.on[Event.POLL_FAILED]
+        self._use_policy(self.policy)
         self._nodes: dict[str, _Node] = {}
         for neuron in neurons:
             if neuron.name in self._nodes:
@@ -183,14 +195,35 @@ class Engine:
         self._transitions = 0
         self._decisions: Counter[str] = Counter()
         self._cache: dict[str, Decision] = {}
+        self._seq = 0  # the sequence number of the last routed request (§8 recency)
+        #: attempts routed under a key and awaiting their outcome: key -> (node, model)
+        self._open: dict[tuple[str, int], tuple[str, str]] = {}
         self._aliases_of: dict[str, list[str]] = {}
+        self._index_aliases()
+
+    def _use_policy(self, policy: Policy) -> None:
+        self._table = HealthTable(policy.failure_threshold, passive=policy.passive_health)
+        self._after_ok = self._table.on[Event.POLL_OK]
+        self._after_failed = self._table.on[Event.POLL_FAILED]
+        self._after_request = {
+            True: self._table.on[Event.REQUEST_OK],
+            False: self._table.on[Event.REQUEST_FAILED],
+        }
+        self._count_local = policy.load == "max"
+
+    def _index_aliases(self) -> None:
+        self._aliases_of = {}
         for alias, target in self.catalogue.aliases.items():
             self._aliases_of.setdefault(target, []).append(alias)
 
     # --- the routing view (routing.FleetView) ------------------------------------------------
 
-    def any_routable(self) -> bool:
-        return self._routable > 0
+    def any_routable(self, exclude: frozenset[str] = NO_EXCLUDE) -> bool:
+        if not exclude:
+            return self._routable > 0
+        nodes = self._nodes
+        down = sum(1 for name in exclude if name in nodes and nodes[name].routable)
+        return self._routable > down
 
     def holders(self, model: str) -> Iterable[_Node]:
         return self._holders.get(model, _NO_HOLDERS).values()
@@ -376,6 +409,50 @@ class Engine:
                     invalidate(model)
         rec.busy = new
 
+    def observe_request(self, node: str, t: float, ok: bool, reason: str = "") -> Transition | None:
+        """The outcome of one request forwarded to ``node`` (passive health, §6).
+
+        ``ok``: the node answered below 500 (``request_ok``); else it failed
+        before the first byte (``request_failed``, ``reason`` says how). With
+        the policy's ``passive_health`` off, nothing changes. See
+        :func:`cortex_fsm.errors.attempt_result` for reading an outcome event.
+        """
+        rec = self._node(node)
+        if not self.policy.passive_health:
+            return None
+        before = rec.health
+        if ok:
+            if before.routable:
+                rec.failures = 0
+            after = self._after_request[True][before]
+            cause = "request_ok"
+        else:
+            if before.phase is Phase.UNKNOWN:
+                return None  # a node no request was routed to: a stale outcome, ignored
+            rec.failures += 1
+            rec.last_failure = f"request: {reason}" if reason else "request"
+            after = self._after_request[False][before]
+            cause = f"request_failed: {reason}" if reason else "request_failed"
+        if after is before:
+            return None
+        return self._move(rec, before, after, cause, t)
+
+    def finish(self, node: str, model: str) -> None:
+        """One request routed to ``node`` for ``model`` has finished (§8): its local
+        in-flight count ends. Nothing happens for a node no longer in the fleet,
+        or with no count (``load = "reported"`` counts none)."""
+        rec = self._nodes.get(node)
+        if rec is None:
+            return
+        n = rec.local.get(model, 0)
+        if n <= 0:
+            return
+        if n == 1:
+            del rec.local[model]
+        else:
+            rec.local[model] = n - 1
+        self._invalidate(model)
+
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
         """The outcome of a cold load: on success the entry is ``loaded`` at once."""
         if not ok:
@@ -402,32 +479,86 @@ class Engine:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def decide(self, requested: str) -> Decision:
-        """The decision for ``requested`` on the current state. Changes nothing visible."""
+    def decide(self, requested: str, exclude: frozenset[str] = NO_EXCLUDE) -> Decision:
+        """The decision for ``requested`` on the current state, with the nodes in
+        ``exclude`` treated as down (§7). Changes nothing visible."""
+        if exclude:
+            return decide(self, self.catalogue, requested, self.policy, _frozen(exclude))
         decision = self._cache.get(requested)
         if decision is None:
-            decision = decide(self, self.catalogue, requested)
+            decision = decide(self, self.catalogue, requested, self.policy)
             cache = self._cache
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[requested] = decision
         return decision
 
-    def route(self, requested: str, t: float) -> Decision:
-        """Decide, count the decision, and touch the chosen entry's ``last_accessed``."""
-        decision = self._cache.get(requested)
-        if decision is None:
-            decision = decide(self, self.catalogue, requested)
-            cache = self._cache
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            cache[requested] = decision
+    def route(
+        self,
+        requested: str,
+        t: float,
+        exclude: frozenset[str] = NO_EXCLUDE,
+        key: tuple[str, int] | None = None,
+    ) -> Decision:
+        """Decide, count the decision, and touch the chosen entry's ``last_accessed``.
+
+        Under ``load = "max"`` a routed request also starts a local in-flight
+        count for its replica and makes it the most recently chosen
+        (docs/semantics.md §8). The count ends with :meth:`finish`, or -- when
+        the request was routed under a ``key`` (request id, attempt) -- with
+        :meth:`observe_outcome` for that key.
+        """
+        if exclude:
+            decision = decide(self, self.catalogue, requested, self.policy, _frozen(exclude))
+        else:
+            cached = self._cache.get(requested)
+            if cached is not None:
+                decision = cached
+            else:
+                decision = decide(self, self.catalogue, requested, self.policy)
+                cache = self._cache
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[requested] = decision
         self._decisions[decision.rule] += 1  # by rule: a str, cheap to hash
-        if decision.node is not None:
-            entry = self._nodes[decision.node].models.get(decision.model)
+        node = decision.node
+        if node is not None:
+            rec = self._nodes[node]
+            model = decision.model
+            entry = rec.models.get(model)
             if entry is not None:
                 entry.last_accessed = t
+            if self._count_local:
+                rec.local[model] = rec.local.get(model, 0) + 1
+                self._seq += 1
+                rec.chosen[model] = self._seq
+                self._invalidate(model)
+                if key is not None:
+                    earlier = self._open.pop(key, None)
+                    if earlier is not None:  # a key reused without its outcome
+                        self.finish(*earlier)
+                    self._open[key] = (node, model)
         return decision
+
+    def observe_outcome(
+        self,
+        key: tuple[str, int],
+        t: float,
+        *,
+        node: str | None,
+        ok: bool | None,
+        reason: str = "",
+    ) -> Transition | None:
+        """The outcome of the attempt routed under ``key``: its local in-flight
+        count ends, and ``ok`` (True ``request_ok``, False ``request_failed``,
+        None neither; see :func:`cortex_fsm.errors.attempt_result`) is passive
+        health for ``node`` -- unless the node has left the fleet meanwhile."""
+        opened = self._open.pop(key, None)
+        if opened is not None:
+            self.finish(*opened)
+        if node is None or ok is None or node not in self._nodes:
+            return None
+        return self.observe_request(node, t, ok, reason)
 
     def eviction_candidate(self, node: str) -> str | None:
         """LRU eviction on ``node`` (semantics §5): the loaded, unpinned model
@@ -445,6 +576,71 @@ class Engine:
             if best is None or key < best:
                 best = key
         return None if best is None else best[2]
+
+    # --- a fleet that changes (§12) and reconfiguration ------------------------------------------
+
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def add_neuron(self, neuron: Neuron, t: float) -> None:
+        """A node joins the fleet, ``unknown`` and with nothing observed."""
+        if not isinstance(neuron, Neuron):
+            raise _wrong_type("add_neuron", "a Neuron", neuron)
+        if neuron.name in self._nodes:
+            raise ConfigError(f"neuron name {neuron.name!r} is already in the fleet")
+        self._nodes[neuron.name] = _Node(neuron)
+        self.neurons = (*self.neurons, neuron)
+
+    def remove_neuron(self, name: str, t: float) -> None:
+        """A node leaves the fleet and is forgotten entirely (its in-flight
+        requests finish normally; :meth:`finish` then does nothing)."""
+        rec = self._node(name)
+        for model in rec.models:
+            self._drop_holder(model, name)
+        for members in self._feasible.values():
+            members.pop(name, None)
+        if rec.routable:
+            self._routable -= 1
+        del self._nodes[name]
+        self.neurons = tuple(n for n in self.neurons if n.name != name)
+        self._cache.clear()
+
+    def reconfigure(
+        self, t: float, *, catalogue: Catalogue | None = None, policy: Policy | None = None
+    ) -> list[Transition]:
+        """Replace the catalogue and/or the policy (a configuration reload).
+
+        Health states are kept, except that under a lower failure threshold a
+        node ``suspect(n)`` with ``n >= T`` has had ``T`` failures and becomes
+        ``unhealthy`` (returned as transitions). Local in-flight counts and
+        recency are kept.
+        """
+        if catalogue is not None and not isinstance(catalogue, Catalogue):
+            raise _wrong_type("reconfigure", "a Catalogue", catalogue)
+        if policy is not None and not isinstance(policy, Policy):
+            raise _wrong_type("reconfigure", "a Policy", policy)
+        moved: list[Transition] = []
+        if policy is not None:
+            self.policy = policy
+            self._use_policy(policy)
+            states = set(self._table.states)
+            for rec in self._nodes.values():
+                before = rec.health
+                if before in states:
+                    continue
+                after = HealthState(phase=Phase.UNHEALTHY)
+                moved.append(self._move(rec, before, after, "reconfigured", t))
+        if catalogue is not None:
+            self.catalogue = catalogue
+            self._index_aliases()
+            self._feasible = {p: {} for p in catalogue.profiles}
+            for rec in self._nodes.values():
+                if rec.discovery is not None:
+                    for profile in catalogue.profiles.values():
+                        if feasible(profile, rec.name, rec.discovery):
+                            self._feasible[profile.id][rec.name] = rec
+        self._cache.clear()
+        return moved
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -483,6 +679,8 @@ class Engine:
                     discovery=rec.discovery,
                     models=_freeze_models(rec.models),
                     busy=rec.busy,
+                    local=rec.local,
+                    chosen=rec.chosen,
                 )
                 for rec in self._nodes.values()
             )
@@ -502,6 +700,10 @@ class Engine:
             ),
             states={name: rec.health.label for name, rec in sorted(self._nodes.items())},
         )
+
+
+def _frozen(exclude: frozenset[str] | Iterable[str]) -> frozenset[str]:
+    return exclude if type(exclude) is frozenset else frozenset(exclude)
 
 
 def _freeze_models(models: Mapping[str, _Entry]) -> dict[str, ModelEntry]:

@@ -36,6 +36,7 @@ __all__ = [
     "Outcome",
     "TraceError",
     "UnknownNodeError",
+    "attempt_result",
     "classify_io_failure",
     "error_envelope",
     "status_cause",
@@ -180,9 +181,19 @@ REJECTS: Mapping[Outcome, ErrorClass] = {
 
 
 def error_envelope(
-    outcome: Outcome, *, model: str = "", node: str | None = None, message: str | None = None
+    outcome: Outcome,
+    *,
+    model: str = "",
+    node: str | None = None,
+    message: str | None = None,
+    retry_after: int | None = None,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The HTTP status, headers and JSON body a reject is answered with."""
+    """The HTTP status, headers and JSON body a reject is answered with.
+
+    ``retry_after`` is the policy's value for this reject (``Decision.retry_after``,
+    ``Policy.retry_after``); None takes the reference value. A reject without
+    ``Retry-After`` (a 404) never gets one, whatever is passed.
+    """
     cls = REJECTS.get(outcome)
     if cls is None:
         raise ValueError(f"{outcome} is not a reject: there is no error envelope for it")
@@ -190,7 +201,8 @@ def error_envelope(
     body = json.dumps({"error": {"message": text, "type": cls.type, "code": cls.code}})
     headers = [("content-type", "application/json")]
     if cls.retry_after is not None:
-        headers.append(("retry-after", str(cls.retry_after)))
+        seconds = cls.retry_after if retry_after is None else retry_after
+        headers.append(("retry-after", str(seconds)))
     return cls.status, headers, body.encode()
 
 
@@ -258,3 +270,36 @@ def classify_io_failure(
     """
     table = IO_FAILURES_REFERENCE if io_errors == "reference" else IO_FAILURES
     return table.get((phase, cause))
+
+
+#: How an ``outcome`` event's ``error`` names a neuron answer that rejects the
+#: request rather than failing (a 4xx, or a body the gateway cannot use).
+_REJECTING_ERROR = "bad_answer"
+
+
+def attempt_result(*, node: str | None, source: str, status: int, error: str | None) -> bool | None:
+    """What one attempt's outcome says about its node's health (docs/semantics.md §6).
+
+    ``True``: ``request_ok`` (the node answered the forwarded request below 500).
+    ``False``: ``request_failed`` (a transport failure, a timeout, or a 5xx --
+    any non-4xx status -- before the first byte, on any call made for the
+    request: exactly what the §4 extension calls ``upstream_unavailable``).
+    ``None``: neither (no node was chosen; or the node rejected the request
+    with a 4xx or an unusable answer, which says nothing about its health).
+
+    ``error`` is the outcome event's text: ``status:NNN`` for an HTTP status,
+    ``bad_answer...`` for an unusable body, anything else a transport reason
+    (``connect``, ``timeout``, ``closed``...).
+    """
+    if node is None:
+        return None
+    if source == "upstream":
+        return status < 500
+    if error is None:
+        return None
+    if error.startswith("status:"):
+        code = error[7:10]
+        return None if code.isdigit() and code[0] == "4" else False
+    if error.startswith(_REJECTING_ERROR):
+        return None
+    return False

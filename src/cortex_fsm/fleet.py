@@ -27,6 +27,7 @@ __all__ = [
     "ModelEntry",
     "ModelStatus",
     "ModelsReport",
+    "NEURON_KINDS",
     "Neuron",
     "NodeLike",
     "EntryLike",
@@ -51,20 +52,44 @@ STATUS_BY_TEXT: Mapping[str, ModelStatus] = {s.value: s for s in ModelStatus}
 
 
 @attrs.frozen(slots=True, kw_only=True)
-class Neuron:
-    """A configured neuron: its unique name and base endpoint URL."""
-
-    name: str
-    endpoint: str
-
-
-@attrs.frozen(slots=True, kw_only=True)
 class Device:
     """One GPU from ``/discovery``."""
 
     index: int
     vram_total_mb: int
     name: str = ""
+
+
+#: The backend kinds a neuron may be (docs/semantics.md §11).
+NEURON_KINDS = ("neuron", "openai", "vllm", "sglang", "llamacpp", "ollama")
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Neuron:
+    """A configured neuron: its unique name and base endpoint URL.
+
+    ``kind`` (the backend's protocol) and ``devices`` (a declared topology)
+    are what a trace header records about the node; the engine reads neither.
+    A declared topology reaches the engine as a ``discovery`` observation,
+    fed by whoever starts the engine (docs/semantics.md §10), and the kind
+    only changes how drivers talk to the node (§11).
+    """
+
+    name: str
+    endpoint: str
+    kind: str = "neuron"
+    devices: tuple[Device, ...] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The trace-header form (``kind`` and ``devices`` only when set)."""
+        out: dict[str, object] = {"name": self.name, "endpoint": self.endpoint}
+        if self.kind != "neuron":
+            out["kind"] = self.kind
+        if self.devices is not None:
+            out["devices"] = [
+                {"index": d.index, "vram_total_mb": d.vram_total_mb} for d in self.devices
+            ]
+        return out
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -127,6 +152,10 @@ class NodeLike(Protocol):
     def models(self) -> Mapping[str, EntryLike]: ...
     @property
     def busy(self) -> Mapping[str, int]: ...
+    @property
+    def local(self) -> Mapping[str, int]: ...
+    @property
+    def chosen(self) -> Mapping[str, int]: ...
 
 
 def _copy(value: Mapping[str, object]) -> Mapping[str, object]:
@@ -139,7 +168,11 @@ class NodeSnapshot:
     """One node as routing sees it, frozen.
 
     ``busy`` is ``in_flight + queue_depth`` per model from the last valid
-    ``/health`` answer (no reading counts as 0).
+    ``/health`` answer (no reading counts as 0); ``local`` the requests this
+    engine routed to the node per model and not yet finished (docs/semantics.md
+    §8; counted only under ``load = "max"``); ``chosen`` per model the
+    sequence number of the last request routed to this replica (higher is more
+    recent; absent: never chosen).
     """
 
     name: str
@@ -147,6 +180,8 @@ class NodeSnapshot:
     discovery: Discovery | None = None
     models: Mapping[str, ModelEntry] = attrs.field(factory=dict, converter=_copy)
     busy: Mapping[str, int] = attrs.field(factory=dict, converter=_copy)
+    local: Mapping[str, int] = attrs.field(factory=dict, converter=_copy)
+    chosen: Mapping[str, int] = attrs.field(factory=dict, converter=_copy)
 
     @property
     def routable(self) -> bool:
@@ -163,8 +198,8 @@ class FleetSnapshot:
 
     nodes: tuple[NodeSnapshot, ...] = attrs.field(converter=_by_name)
 
-    def any_routable(self) -> bool:
-        return any(n.routable for n in self.nodes)
+    def any_routable(self, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(n.routable and n.name not in exclude for n in self.nodes)
 
     def holders(self, model: str) -> Iterable[NodeSnapshot]:
         return [n for n in self.nodes if model in n.models]

@@ -33,12 +33,23 @@ and by the verification suite, which checks class and table agree on every
 ``(state, event)`` pair. It is never on a request or replay path: one event
 through it costs roughly a thousand times a table lookup.
 
-Invariants (semantics H1-H4, checked in :mod:`cortex_fsm.verify`):
+Passive health (docs/semantics.md §6) adds two inputs from the gateway's own
+forwarded requests: ``request_failed`` counts exactly like a failed poll (the
+two share the one failure counter that ``suspect(n)`` carries), and
+``request_ok`` clears that counter -- but only for a routable node: it never
+revives an ``unknown`` or ``unhealthy`` node, because only a poll refreshes
+the model map the node would be routed on.
+
+Invariants (docs/semantics.md H1-H6, checked in :mod:`cortex_fsm.verify`),
+"failure" meaning ``poll_failed`` or ``request_failed``:
 
 * H1 a node that has never had ``poll_ok`` is never routable;
 * H2 a routable node stays routable through any ``T-1`` consecutive failures;
 * H3 ``T`` consecutive failures always make a node unroutable;
-* H4 one ``poll_ok`` always makes a node routable (``healthy``).
+* H4 one ``poll_ok`` always makes a node routable (``healthy``);
+* H5 ``request_ok`` never makes a non-routable node routable;
+* H6 ``T`` consecutive failures of either kind, with no success between,
+  make a node unroutable.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ __all__ = [
     "HealthState",
     "HealthTable",
     "HealthTableError",
+    "PASSIVE_EVENTS",
     "Phase",
     "TRANSITIONS",
     "UNKNOWN",
@@ -87,10 +99,13 @@ class Phase(enum.IntEnum):
 
 
 class Event(enum.IntEnum):
-    """Inputs to the machine: the outcome of one ``/models`` poll."""
+    """Inputs to the machine: the outcome of one ``/models`` poll, or (passive
+    health, docs/semantics.md §6) of one request the gateway forwarded to the node."""
 
     POLL_OK = 0
     POLL_FAILED = 1
+    REQUEST_FAILED = 2
+    REQUEST_OK = 3
 
     @property
     def label(self) -> str:
@@ -190,6 +205,25 @@ TRANSITIONS: Mapping[tuple[Phase, Event], tuple[Branch, ...]] = {
     # H4: any successful poll restores a node, however long it was down.
     (Phase.UNHEALTHY, Event.POLL_OK): (Branch(guard=Guard.ALWAYS, target=Phase.HEALTHY),),
     (Phase.UNHEALTHY, Event.POLL_FAILED): (Branch(guard=Guard.ALWAYS, target=Phase.UNHEALTHY),),
+    # Passive health (§6). A node that never answered a poll gets no request
+    # (H1), so a request outcome for it can only be stale: ignored.
+    (Phase.UNKNOWN, Event.REQUEST_FAILED): (Branch(guard=Guard.ALWAYS, target=Phase.UNKNOWN),),
+    (Phase.UNKNOWN, Event.REQUEST_OK): (Branch(guard=Guard.ALWAYS, target=Phase.UNKNOWN),),
+    # A failed request counts exactly like a failed poll: one shared counter (H6).
+    (Phase.HEALTHY, Event.REQUEST_FAILED): (
+        Branch(guard=Guard.NEXT_BELOW_THRESHOLD, target=Phase.SUSPECT, count=Count.NEXT),
+        Branch(guard=Guard.ALWAYS, target=Phase.UNHEALTHY),
+    ),
+    (Phase.HEALTHY, Event.REQUEST_OK): (Branch(guard=Guard.ALWAYS, target=Phase.HEALTHY),),
+    (Phase.SUSPECT, Event.REQUEST_FAILED): (
+        Branch(guard=Guard.NEXT_BELOW_THRESHOLD, target=Phase.SUSPECT, count=Count.NEXT),
+        Branch(guard=Guard.ALWAYS, target=Phase.UNHEALTHY),
+    ),
+    # A served request clears the counter of a routable node...
+    (Phase.SUSPECT, Event.REQUEST_OK): (Branch(guard=Guard.ALWAYS, target=Phase.HEALTHY),),
+    (Phase.UNHEALTHY, Event.REQUEST_FAILED): (Branch(guard=Guard.ALWAYS, target=Phase.UNHEALTHY),),
+    # ...but never revives one (H5): only a poll refreshes the model map.
+    (Phase.UNHEALTHY, Event.REQUEST_OK): (Branch(guard=Guard.ALWAYS, target=Phase.UNHEALTHY),),
 }
 
 
@@ -263,23 +297,35 @@ def all_states(threshold: int) -> Iterator[HealthState]:
     yield HealthState(phase=Phase.UNHEALTHY)
 
 
+#: The events of passive health (docs/semantics.md §6).
+PASSIVE_EVENTS = frozenset({Event.REQUEST_FAILED, Event.REQUEST_OK})
+
+
 class HealthTable:
     """The machine expanded for one threshold: the hot path.
 
     Built by calling :func:`step` on every ``(state, event)``, so it cannot
     disagree with the table. States are interned: ``table.step`` returns the
     same objects, which keeps comparisons and hashing cheap.
+
+    With ``passive=False`` (policy ``passive_health = false``, the reference)
+    request outcomes are not inputs of the machine: their rows expand to the
+    identity, so no request outcome ever moves a node.
     """
 
-    __slots__ = ("_next", "on", "states", "threshold")
+    __slots__ = ("_next", "on", "passive", "states", "threshold")
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, *, passive: bool = True) -> None:
         self.threshold = validate_threshold(threshold)
+        self.passive = passive
         self.states: tuple[HealthState, ...] = tuple(all_states(threshold))
         interned = {s: s for s in self.states}
         self._next: dict[tuple[HealthState, Event], HealthState] = {}
         for state in self.states:
             for event in Event:
+                if not passive and event in PASSIVE_EVENTS:
+                    self._next[state, event] = state
+                    continue
                 target = step(state, event, threshold)
                 if target not in interned:
                     raise HealthTableError(f"{state.label} on {event.label} leaves the machine")

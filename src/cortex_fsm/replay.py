@@ -21,11 +21,18 @@ from typing import IO, Any
 import attrs
 
 from .engine import Engine, Transition
-from .errors import Outcome
+from .errors import Outcome, attempt_result
 from .fleet import PollFailure
 from .policy import Policy
-from .routing import Decision
-from .trace import Event, TraceHeader, TraceReader, decision_line, event_json
+from .routing import NO_EXCLUDE, Decision
+from .trace import (
+    _KIND_OF,
+    Event,
+    RequestEvent,
+    TraceHeader,
+    TraceReader,
+    decision_line,
+)
 from .wire import Invalid, parse_discovery
 
 __all__ = [
@@ -75,31 +82,88 @@ def _unload(engine: Engine, f: Mapping[str, Any]) -> None:
 
 
 def _request(engine: Engine, f: Mapping[str, Any]) -> Decision:
-    return engine.route(f["model"], f["t"])
+    return engine.route(
+        f["model"], f["t"], f.get("exclude", NO_EXCLUDE), (f["id"], f.get("attempt") or 1)
+    )
 
 
-_APPLY: dict[str, Callable[[Engine, Mapping[str, Any]], Decision | Transition | None]] = {
+def _outcome(engine: Engine, f: Mapping[str, Any]) -> Transition | None:
+    node, error = f["node"], f["error"]
+    ok = attempt_result(node=node, source=f["source"], status=f["status"], error=error)
+    return engine.observe_outcome(
+        (f["id"], f["attempt"]), f["t"], node=node, ok=ok, reason=error or ""
+    )
+
+
+def _neuron_added(engine: Engine, f: Mapping[str, Any]) -> None:
+    engine.add_neuron(f["neuron"], f["t"])
+
+
+def _neuron_removed(engine: Engine, f: Mapping[str, Any]) -> None:
+    engine.remove_neuron(f["node"], f["t"])
+
+
+def _truth(engine: Engine, f: Mapping[str, Any]) -> None:
+    """Ground truth is for ``score``: the engine never sees it."""
+
+
+def _reconfigured(engine: Engine, f: Mapping[str, Any]) -> list[Transition] | None:
+    moved = engine.reconfigure(f["t"], catalogue=f.get("catalogue"), policy=f.get("policy"))
+    return moved or None
+
+
+#: What applying one record gives: a request's decision; the health transition
+#: of a poll or request outcome; the transitions of a reconfiguration; or nothing.
+_Result = Decision | Transition | list[Transition] | None
+_APPLY: dict[str, Callable[[Engine, Mapping[str, Any]], _Result]] = {
     "discovery": _discovery,
     "models": _models,
     "health": _health,
     "load": _load,
     "unload": _unload,
     "request": _request,
+    "outcome": _outcome,
+    "neuron_added": _neuron_added,
+    "neuron_removed": _neuron_removed,
+    "truth": _truth,
+    "reconfigured": _reconfigured,
 }
 
 
-def apply_record(
-    engine: Engine, kind: str, fields: Mapping[str, Any]
-) -> Decision | Transition | None:
-    """Apply one validated trace record: a request gives its Decision, a poll may
-    give a Transition. This is the only mapping from trace events to observations."""
+def apply_record(engine: Engine, kind: str, fields: Mapping[str, Any]) -> _Result:
+    """Apply one validated trace record: a request gives its Decision, a poll or
+    request outcome may give a Transition. This is the only mapping from trace
+    events to observations."""
     return _APPLY[kind](engine, fields)
 
 
-def apply_event(engine: Engine, event: Event) -> Decision | Transition | None:
+def record_of(event: Event) -> dict[str, Any]:
+    """The validated-record form (``TraceReader.records``) of a typed event."""
+    fields: dict[str, Any] = {"kind": _KIND_OF[type(event)]}
+    fields.update(attrs.asdict(event, recurse=False))
+    if type(event) is RequestEvent:
+        if event.exclude:
+            fields["exclude"] = frozenset(event.exclude)
+        else:
+            del fields["exclude"]
+        if event.attempt is None:
+            del fields["attempt"]
+    return fields
+
+
+def apply_event(engine: Engine, event: Event) -> _Result:
     """Apply one typed trace event (as the gateway does before recording it)."""
-    fields = event_json(event)
-    return _APPLY[str(fields["kind"])](engine, fields)
+    fields = record_of(event)
+    return _APPLY[fields["kind"]](engine, fields)
+
+
+def transitions_of(result: object) -> list[Transition]:
+    """The health transitions an applied record produced (none, one or several)."""
+    if type(result) is Transition:
+        return [result]
+    if type(result) is list:
+        return list(result)
+    return []
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -128,10 +192,19 @@ class Replayer:
     Only transitions cost bookkeeping here (time spent per state); outcome
     counts come from the engine's statistics, times and event counts from
     the reader, so the per-request path stays as short as the engine's.
+
+    ``adjust`` is applied to every policy the trace sets -- a recorded
+    reconfiguration included -- so that ``--set`` overrides hold throughout.
     """
 
-    def __init__(self, header: TraceHeader, policy: Policy) -> None:
+    def __init__(
+        self,
+        header: TraceHeader,
+        policy: Policy,
+        adjust: Callable[[Policy], Policy] | None = None,
+    ) -> None:
         self.policy = policy
+        self.adjust = adjust
         self.engine = Engine(header.neurons, header.catalogue, policy)
         self.t_start: float | None = None
         self._since: dict[str, float] = {}
@@ -159,44 +232,66 @@ class Replayer:
         route = engine.route
         models = engine.observe_models_body
         health = engine.observe_health_body
-        apply = _APPLY
+        feed = self.feed
         transition = self._transition
         # The common cases are spelled out (one call less each); the rest go
-        # through _APPLY. Both do exactly what apply_record does.
+        # through feed(). Both do exactly what apply_record does.
         for kind, f in itertools.chain((first,), it):
             if kind == "request":
-                decision = route(f["model"], f["t"])
+                if "exclude" in f or "attempt" in f:
+                    decision = _request(engine, f)
+                else:
+                    decision = route(f["model"], f["t"], NO_EXCLUDE, (f["id"], 1))
                 if write is not None:
-                    write(decision_line(decision, f["id"], f["t"]))
+                    write(decision_line(decision, f["id"], f["t"], f.get("attempt")))
             elif kind == "health" and f["ok"]:
                 health(f["node"], f["t"], f["body"])
-            else:
-                if kind == "models" and f["ok"]:
-                    result: Decision | Transition | None = models(f["node"], f["t"], f["body"])
-                else:
-                    result = apply[kind](engine, f)
-                if type(result) is Transition:
+            elif kind == "models" and f["ok"]:
+                result = models(f["node"], f["t"], f["body"])
+                if result is not None:
                     transition(result)
+            else:
+                feed(kind, f)
 
     def feed(self, kind: str, fields: Mapping[str, Any]) -> Decision | None:
         """Apply one record; returns the decision when it is a request."""
         if self.t_start is None:
             self.t_start = fields["t"]
+        if kind == "reconfigured" and self.adjust is not None and "policy" in fields:
+            fields = {**fields, "policy": self.adjust(fields["policy"])}
         result = _APPLY[kind](self.engine, fields)
-        if result is None or type(result) is Decision:
+        if type(result) is Decision:
             return result
-        assert isinstance(result, Transition)
-        self._transition(result)
+        if kind == "neuron_added":
+            self._joined(fields["neuron"].name, fields["t"])
+        elif kind == "neuron_removed":
+            self._left(fields["node"], fields["t"])
+        for tr in transitions_of(result):
+            self._transition(tr)
         return None
 
-    def _transition(self, tr: Transition) -> None:
-        node = tr.node
-        spent = self._time_in[node]
+    def _joined(self, node: str, t: float) -> None:
+        self._time_in.setdefault(node, {})
+        self._transitions.setdefault(node, 0)
+        self._label[node] = "unknown"
+        self._since[node] = t
+
+    def _left(self, node: str, t: float) -> None:
+        self._account(node, t)
+        self._label[node] = "removed"
+
+    def _account(self, node: str, t: float) -> None:
         label = self._label[node]
         since = self._since.get(node, self.t_start)
         assert since is not None
-        spent[label] = spent.get(label, 0.0) + (tr.t - since)
-        self._since[node] = tr.t
+        if label != "removed":
+            spent = self._time_in[node]
+            spent[label] = spent.get(label, 0.0) + (t - since)
+        self._since[node] = t
+
+    def _transition(self, tr: Transition) -> None:
+        node = tr.node
+        self._account(node, tr.t)
         self._label[node] = tr.to.label
         self._transitions[node] += 1
         if self.transitions is not None:
@@ -208,7 +303,7 @@ class Replayer:
             time_in = dict(self._time_in[name])
             label = self._label[name]
             since = self._since.get(name, self.t_start)
-            if t_end is not None and since is not None:
+            if t_end is not None and since is not None and label != "removed":
                 time_in[label] = time_in.get(label, 0.0) + (t_end - since)
             nodes.append(
                 NodeSummary(
@@ -235,6 +330,12 @@ class Replayer:
         )
 
 
+def _adjuster(overrides: Sequence[str], where: str) -> Callable[[Policy], Policy] | None:
+    if not overrides:
+        return None
+    return lambda policy: policy.with_assignments(overrides, where=where)
+
+
 def replay(
     path: str,
     *,
@@ -248,7 +349,7 @@ def replay(
     """
     with TraceReader(path) as trace:
         policy = trace.header.policy.with_assignments(overrides, where="--set")
-        replayer = Replayer(trace.header, policy)
+        replayer = Replayer(trace.header, policy, _adjuster(overrides, "--set"))
         replayer.run(trace.records(), None if out is None else out.write)
         return replayer.summary(events=trace.events, t_end=trace.last_t)
 
@@ -286,8 +387,12 @@ def compare(
     with TraceReader(path) as trace:
         base_policy = trace.header.policy.with_assignments(overrides, where="--set")
         other_policy = base_policy.with_assignments(other, where="--compare")
-        a = Replayer(trace.header, base_policy)
-        b = Replayer(trace.header, other_policy)
+        a = Replayer(trace.header, base_policy, _adjuster(overrides, "--set"))
+        b = Replayer(
+            trace.header,
+            other_policy,
+            lambda p: p.with_assignments([*overrides, *other], where="--compare"),
+        )
         diffs: list[Difference] = []
         differing = 0
         for kind, fields in trace.records():
@@ -296,7 +401,7 @@ def compare(
             if da is None or db is None:
                 continue
             if out is not None:
-                out.write(decision_line(da, fields["id"], fields["t"]))
+                out.write(decision_line(da, fields["id"], fields["t"], fields.get("attempt")))
             if (da.outcome, da.node) != (db.outcome, db.node):
                 differing += 1
                 if len(diffs) < keep:

@@ -1,4 +1,4 @@
-"""The routing decision table and ``decide()`` (semantics §3).
+"""The routing decision table and ``decide()`` (docs/semantics.md §3, §7, §8, §12, §13).
 
 Theory of operation
 -------------------
@@ -7,43 +7,61 @@ applies decides". Ordered rules hide their own gaps and overlaps, so here the
 same rules are written as an *exhaustive decision table*: every row names the
 truth value of each condition it depends on, rows are mutually exclusive, and
 together they cover every combination of conditions. Row order carries no
-meaning. The conditions, in the order the reference asks them:
+meaning. The conditions, in the order they are asked:
 
 =====================  =====================================================
-``ANY_ROUTABLE``       some node is routable (healthy or suspect)
-``LOADED``             a routable node has the model ``loaded``/``reloading``
-``RECOVERING``         a routable node has the model ``recovering``
-``UNLOADED``           a routable node has the model ``unloaded``
+``ANY_ROUTABLE``       some node is routable and not excluded
+``LOADED``             a live node has the model ``loaded``/``reloading``
+``RECOVERING``         a live node has the model ``recovering``
+``UNLOADED``           a live node has the model ``unloaded``
+``STATIC``             the policy's ``lifecycle`` is ``static`` (§12)
+``DOWN_SERVING``       a down node's last-known map has it loaded/reloading
+``KNOWN_DOWN``         ``known_down = retry`` and a down node's last-known
+                       map lists the model, any status (§13)
 ``CATALOGUED``         the model has a catalogue profile
-``FEASIBLE_ROUTABLE``  a routable node is feasible for the profile
-``FEASIBLE_DOWN``      a non-routable node is feasible for the profile
+``FEASIBLE_ROUTABLE``  a live node is feasible for the profile
+``FEASIBLE_DOWN``      a down node is feasible for the profile
 =====================  =====================================================
 
-At import the table is checked (every one of the 2^7 combinations matches
+"Live" means routable (healthy or suspect) and not in the decision's
+``exclude`` set (§7: a failover attempt excludes the nodes that already
+failed the request); "down" means anything else, so an excluded node counts
+as down everywhere -- rule 1, the 503/404 split of rule 5, §12 and §13. The
+policy's modes enter as conditions (``STATIC``, and the gate inside
+``KNOWN_DOWN``), so Part I, the static lifecycle and the known-down rule are
+one table, not three.
+
+At import the table is checked (every one of the 2^10 combinations matches
 exactly one row) and compiled, by that same enumeration, into a lookup array
 indexed by the bitmask of condition values. ``decide()`` computes the first
-four conditions in one pass over the nodes that hold the model; only when
+seven conditions in one pass over the nodes that hold the model; only when
 they leave the row open (a table-derived array says so) does it consult the
 catalogue and feasibility. So a request for a loaded model never looks at the
 catalogue.
 
+A row also names how the node is *picked*; picks are minima over explicit
+keys (load, then recency, then name; or name), never "the first one seen", so
+the result cannot depend on dict or set iteration order (R5). Under
+``load = "max"`` (§8) a replica's load is ``max(reported, local)`` -- the
+node's own ``/health`` reading, or the requests this engine routed there and
+not yet finished, whichever is larger -- and equal loads go to the replica
+chosen least recently (a sequence number kept per replica by the engine,
+never chosen = oldest), then to the smallest name; under ``"reported"``
+(the reference) the load is the reading alone and ties go by name.
+
 Decisions are interned: equal decisions are the same object, which saves
 building a new frozen value per request on the hot path (the intern table is
 bounded and invisible to callers).
-
-A row also names how the node is *picked*; picks are minima over explicit
-keys (load, then name; or name), never "the first one seen", so the result
-cannot depend on dict or set iteration order (R5).
 
 The fleet is read through :class:`FleetView`, which the engine implements
 with indexes (model -> holders, profile -> feasible nodes) so a decision costs
 O(replicas), not O(fleet); :class:`~cortex_fsm.fleet.FleetSnapshot`
 implements it by scanning, for the proofs and the model checker.
 
-Invariants R1-R7 (checked in :mod:`cortex_fsm.verify`) follow from the rows:
-R1 -- the ``no_feasible_neuron`` row requires ``FEASIBLE_DOWN = F``;
-R3 -- every pick ranges over routable nodes only;
-R4 -- the ``cold_load`` row requires ``RECOVERING = F``;
+Invariants (checked in :mod:`cortex_fsm.verify`) follow from the rows:
+R1 -- no 404 row allows ``FEASIBLE_DOWN`` (nor, with retry, ``KNOWN_DOWN``);
+R3, R9 -- every pick ranges over live nodes only;
+R4 -- the ``cold_load`` and ``route_unloaded`` rows require ``RECOVERING = F``;
 R6/R7 -- the picks' keys.
 """
 
@@ -58,9 +76,12 @@ import attrs
 from .catalogue import Catalogue, LoadSpec, Profile, load_spec, pin_key
 from .errors import Outcome
 from .fleet import ModelStatus, NodeLike
+from .policy import Policy
 
 __all__ = [
     "CONDITIONS",
+    "CONDITION_DOCS",
+    "NO_EXCLUDE",
     "RULES",
     "RULE_OUTCOME",
     "Cond",
@@ -81,37 +102,47 @@ class Cond(enum.IntEnum):
     LOADED = 1
     RECOVERING = 2
     UNLOADED = 3
-    CATALOGUED = 4
-    FEASIBLE_ROUTABLE = 5
-    FEASIBLE_DOWN = 6
+    STATIC = 4
+    DOWN_SERVING = 5
+    KNOWN_DOWN = 6
+    CATALOGUED = 7
+    FEASIBLE_ROUTABLE = 8
+    FEASIBLE_DOWN = 9
 
 
 CONDITIONS: tuple[Cond, ...] = tuple(Cond)
 
 #: One-line meaning of each condition, for the generated docs.
 CONDITION_DOCS: Mapping[Cond, str] = {
-    Cond.ANY_ROUTABLE: "some node is routable (healthy or suspect)",
-    Cond.LOADED: "a routable node has the model `loaded` or `reloading`",
-    Cond.RECOVERING: "a routable node has the model `recovering`",
-    Cond.UNLOADED: "a routable node has the model `unloaded`",
+    Cond.ANY_ROUTABLE: "some node is routable and not excluded",
+    Cond.LOADED: "a live node has the model `loaded` or `reloading`",
+    Cond.RECOVERING: "a live node has the model `recovering`",
+    Cond.UNLOADED: "a live node has the model `unloaded`",
+    Cond.STATIC: "the policy's `lifecycle` is `static` (§12)",
+    Cond.DOWN_SERVING: "a down node's last-known map has the model `loaded` or `reloading`",
+    Cond.KNOWN_DOWN: "`known_down = retry` and a down node's last-known map lists the model (§13)",
     Cond.CATALOGUED: "the model has a catalogue profile",
-    Cond.FEASIBLE_ROUTABLE: "a routable node is feasible for the profile",
-    Cond.FEASIBLE_DOWN: "a non-routable node is feasible for the profile",
+    Cond.FEASIBLE_ROUTABLE: "a live node is feasible for the profile",
+    Cond.FEASIBLE_DOWN: "a down node is feasible for the profile",
 }
+
+#: Bits of the conditions that one scan of the model's holders (plus the
+#: policy) decides; the rest need the catalogue.
+_SCAN_BITS = 7
 
 
 class Pick(enum.Enum):
     """How a row chooses its node."""
 
     NONE = "none"
-    #: among routable loaded/reloading replicas: least busy, then smallest name
-    LEAST_BUSY_LOADED = "least busy loaded replica, ties by name"
-    #: the smallest name among routable nodes with the model recovering (named in the error)
+    #: among live loaded/reloading replicas: least load, then least recently chosen, then name
+    LEAST_BUSY_LOADED = "least busy live loaded replica, then least recently chosen, then name"
+    #: the smallest name among live nodes with the model recovering (named in the error)
     FIRST_RECOVERING = "smallest name with the model recovering"
-    #: the smallest name among routable nodes with the model unloaded
+    #: the smallest name among live nodes with the model unloaded
     FIRST_UNLOADED = "smallest name with the model unloaded"
-    #: among routable feasible nodes: pinned first, then smallest name
-    FIRST_FEASIBLE = "routable feasible node, pinned first, then by name"
+    #: among live feasible nodes: pinned first, then smallest name
+    FIRST_FEASIBLE = "live feasible node, pinned first, then by name"
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -131,67 +162,68 @@ class Rule:
 
 
 _T, _F = True, False
-_A, _L, _R, _U, _C, _FR, _FD = CONDITIONS
+_A, _L, _R, _U, _S, _DS, _KD, _C, _FR, _FD = CONDITIONS
+_OPEN = ((_A, _T), (_L, _F), (_R, _F))  # no live replica serves or recovers it
+_MANAGED = (*_OPEN, (_S, _F), (_U, _F))  # ... and nothing to reload lazily
+_STATIC = (*_OPEN, (_S, _T))
+_FNU = Outcome.FEASIBLE_NODE_UNHEALTHY
 
-#: The routing decision table (semantics §3). Row order carries no meaning.
+
+def _row(rule: str, when: tuple[tuple[Cond, bool], ...], outcome: Outcome, pick: Pick) -> Rule:
+    return Rule(rule=rule, when=when, outcome=outcome, pick=pick)
+
+
+#: The routing decision table. Row order carries no meaning; a rule of the
+#: ordered text that needs a disjunction is split over several rows with the
+#: same label (and the same outcome).
 RULES: tuple[Rule, ...] = (
-    Rule(
-        rule="1",
-        when=((_A, _F),),
-        outcome=Outcome.NO_HEALTHY_NODES,
-        pick=Pick.NONE,
+    # §3 rule 1: nothing live at all -- also for models nobody knows.
+    _row("1", ((_A, _F),), Outcome.NO_HEALTHY_NODES, Pick.NONE),
+    _row("2", ((_A, _T), (_L, _T)), Outcome.ROUTE_LOADED, Pick.LEAST_BUSY_LOADED),
+    # Rule 3: never fall through to a second copy while one recovers (R4).
+    _row("3", ((_A, _T), (_L, _F), (_R, _T)), Outcome.MODEL_RECOVERING, Pick.FIRST_RECOVERING),
+    _row("4", (*_OPEN, (_S, _F), (_U, _T)), Outcome.ROUTE_UNLOADED, Pick.FIRST_UNLOADED),
+    _row("5a", (*_MANAGED, (_C, _T), (_FR, _T)), Outcome.COLD_LOAD, Pick.FIRST_FEASIBLE),
+    # §13: a down node is known to hold the model -- retry, before any 404.
+    _row("13", (*_MANAGED, (_C, _F), (_KD, _T)), _FNU, Pick.NONE),
+    _row("13", (*_MANAGED, (_C, _T), (_FR, _F), (_KD, _T)), _FNU, Pick.NONE),
+    # Rule 5b/5c: feasible-but-down is retryable (R1); nowhere feasible is final.
+    _row("5b", (*_MANAGED, (_C, _T), (_FR, _F), (_KD, _F), (_FD, _T)), _FNU, Pick.NONE),
+    _row(
+        "5c",
+        (*_MANAGED, (_C, _T), (_FR, _F), (_KD, _F), (_FD, _F)),
+        Outcome.NO_FEASIBLE_NEURON,
+        Pick.NONE,
     ),
-    Rule(
-        rule="2",
-        when=((_A, _T), (_L, _T)),
-        outcome=Outcome.ROUTE_LOADED,
-        pick=Pick.LEAST_BUSY_LOADED,
-    ),
-    Rule(
-        rule="3",
-        when=((_A, _T), (_L, _F), (_R, _T)),
-        outcome=Outcome.MODEL_RECOVERING,
-        pick=Pick.FIRST_RECOVERING,
-    ),
-    Rule(
-        rule="4",
-        when=((_A, _T), (_L, _F), (_R, _F), (_U, _T)),
-        outcome=Outcome.ROUTE_UNLOADED,
-        pick=Pick.FIRST_UNLOADED,
-    ),
-    Rule(
-        rule="5a",
-        when=((_A, _T), (_L, _F), (_R, _F), (_U, _F), (_C, _T), (_FR, _T)),
-        outcome=Outcome.COLD_LOAD,
-        pick=Pick.FIRST_FEASIBLE,
-    ),
-    Rule(
-        rule="5b",
-        when=((_A, _T), (_L, _F), (_R, _F), (_U, _F), (_C, _T), (_FR, _F), (_FD, _T)),
-        outcome=Outcome.FEASIBLE_NODE_UNHEALTHY,
-        pick=Pick.NONE,
-    ),
-    Rule(
-        rule="5c",
-        when=((_A, _T), (_L, _F), (_R, _F), (_U, _F), (_C, _T), (_FR, _F), (_FD, _F)),
-        outcome=Outcome.NO_FEASIBLE_NEURON,
-        pick=Pick.NONE,
-    ),
-    Rule(
-        rule="6",
-        when=((_A, _T), (_L, _F), (_R, _F), (_U, _F), (_C, _F)),
-        outcome=Outcome.MODEL_NOT_FOUND,
-        pick=Pick.NONE,
+    _row("6", (*_MANAGED, (_C, _F), (_KD, _F)), Outcome.MODEL_NOT_FOUND, Pick.NONE),
+    # §12 static lifecycle: never a load; down copies or down feasible nodes retry.
+    _row("12a", (*_STATIC, (_DS, _T)), _FNU, Pick.NONE),
+    _row("12b", (*_STATIC, (_DS, _F), (_KD, _T)), _FNU, Pick.NONE),
+    _row("12c", (*_STATIC, (_DS, _F), (_KD, _F), (_C, _T), (_FD, _T)), _FNU, Pick.NONE),
+    _row("12d", (*_STATIC, (_DS, _F), (_KD, _F), (_C, _F)), Outcome.MODEL_NOT_FOUND, Pick.NONE),
+    _row(
+        "12d",
+        (*_STATIC, (_DS, _F), (_KD, _F), (_C, _T), (_FD, _F)),
+        Outcome.MODEL_NOT_FOUND,
+        Pick.NONE,
     ),
 )
 
 
-#: The outcome of each rule (each rule has its own outcome).
-RULE_OUTCOME: Mapping[str, Outcome] = {r.rule: r.outcome for r in RULES}
+def _rule_outcomes() -> dict[str, Outcome]:
+    out: dict[str, Outcome] = {}
+    for row in RULES:
+        if out.setdefault(row.rule, row.outcome) is not row.outcome:
+            raise RoutingTableError(f"rule {row.rule} has rows with different outcomes")
+    return out
 
 
 class RoutingTableError(Exception):
     """The decision table has a gap or an overlap (a bug, never input)."""
+
+
+#: The outcome of each rule label (every row of a label has the same outcome).
+RULE_OUTCOME: Mapping[str, Outcome] = _rule_outcomes()
 
 
 def matching_rules(values: Mapping[Cond, bool]) -> list[Rule]:
@@ -214,9 +246,9 @@ def _compile() -> tuple[tuple[Rule, ...], tuple[Rule | None, ...]]:
     """The table as two lookup arrays, built by enumeration (which is also the check).
 
     ``by_mask[m]``: the one rule matching the full assignment ``m`` (bit i is
-    condition i). ``settled[m & 15]``: the rule, when the first four conditions
-    (which one scan of the model's holders decides) already fix it whatever the
-    catalogue conditions are; else None.
+    condition i). ``settled[m & 127]``: the rule, when the first seven
+    conditions (one scan of the model's holders, and the policy) already fix
+    it whatever the catalogue conditions are; else None.
     """
     by_mask: list[Rule] = []
     for mask in range(1 << len(CONDITIONS)):
@@ -229,9 +261,11 @@ def _compile() -> tuple[tuple[Rule, ...], tuple[Rule | None, ...]]:
             )
             raise RoutingTableError(f"{what} {_show(_assignment(mask))}")
         by_mask.append(rows[0])
+    low_count = 1 << _SCAN_BITS
+    high_count = 1 << (len(CONDITIONS) - _SCAN_BITS)
     settled: list[Rule | None] = []
-    for low in range(16):
-        candidates = {id(by_mask[low | high << 4]) for high in range(8)}
+    for low in range(low_count):
+        candidates = {id(by_mask[low | high << _SCAN_BITS]) for high in range(high_count)}
         settled.append(by_mask[low] if len(candidates) == 1 else None)
     return tuple(by_mask), tuple(settled)
 
@@ -245,8 +279,8 @@ _BY_MASK, _SETTLED = _compile()
 class FleetView(Protocol):
     """What :func:`decide` reads. Implementations must agree with a full scan."""
 
-    def any_routable(self) -> bool:
-        """Is some node routable?"""
+    def any_routable(self, exclude: frozenset[str]) -> bool:
+        """Is some node routable and not in ``exclude``?"""
         ...
 
     def holders(self, model: str) -> Iterable[NodeLike]:
@@ -256,6 +290,9 @@ class FleetView(Protocol):
     def feasible_nodes(self, profile: Profile) -> Iterable[NodeLike]:
         """Every node feasible for ``profile`` (any health)."""
         ...
+
+
+NO_EXCLUDE: frozenset[str] = frozenset()
 
 
 @attrs.frozen(slots=True, kw_only=True, cache_hash=True)
@@ -269,6 +306,8 @@ class Decision:
     node: str | None = None  # the chosen node, for the routing outcomes
     subject: str | None = None  # the node a reject names (model_recovering)
     load: LoadSpec | None = None  # for cold_load
+    retry_after: int | None = None  # seconds, for a retryable reject (the policy's value)
+    exclude: frozenset[str] = NO_EXCLUDE  # the nodes this decision treated as down (§7)
 
     @property
     def routed(self) -> bool:
@@ -282,73 +321,99 @@ class Decision:
     def status(self) -> int:
         return self.outcome.status
 
-    @property
-    def retry_after(self) -> int | None:
-        return self.outcome.retry_after
-
 
 _LOADED = ModelStatus.LOADED
 _RELOADING = ModelStatus.RELOADING
 _RECOVERING = ModelStatus.RECOVERING
 _UNLOADED = ModelStatus.UNLOADED
+_DEFAULT_POLICY = Policy()
+_BIT_A, _BIT_L, _BIT_R, _BIT_U, _BIT_S, _BIT_DS, _BIT_KD, _BIT_C, _BIT_FR, _BIT_FD = (
+    1 << c for c in CONDITIONS
+)
 
 
-def decide(fleet: FleetView, catalogue: Catalogue, requested: str) -> Decision:
-    """Where ``requested`` goes, or what its client is told. Pure and total."""
+def decide(
+    fleet: FleetView,
+    catalogue: Catalogue,
+    requested: str,
+    policy: Policy = _DEFAULT_POLICY,
+    exclude: frozenset[str] = NO_EXCLUDE,
+) -> Decision:
+    """Where ``requested`` goes, or what its client is told. Pure and total.
+
+    ``exclude``: nodes to treat as down for this one decision (docs/semantics.md §7).
+    """
     model = catalogue.aliases.get(requested, requested)  # rule 0: one lookup, never chained
-    # Conditions 0-3: one pass over the nodes that hold the model.
+    # Conditions 0-6: one pass over the nodes that hold the model.
     best: NodeLike | None = None
-    best_busy = 0
+    best_key: tuple[int, int, str] = (0, 0, "")
     recovering: str | None = None
     unloaded: str | None = None
     mask = 0
-    if fleet.any_routable():
-        mask = 1
+    if fleet.any_routable(exclude):
+        mask = _BIT_A
+        by_max = policy.load == "max"
+        down_holds = False
         for node in fleet.holders(model):
-            if not node.routable:
-                continue
             status = node.models[model].status
+            if not node.routable or (exclude and node.name in exclude):
+                if status is _LOADED or status is _RELOADING:
+                    mask |= _BIT_DS
+                down_holds = True
+                continue
             if status is _LOADED or status is _RELOADING:
                 busy = node.busy.get(model, 0)
-                if (
-                    best is None
-                    or busy < best_busy
-                    or (busy == best_busy and node.name < best.name)
-                ):
-                    best, best_busy = node, busy
+                if by_max:
+                    local = node.local.get(model, 0)
+                    key = (local if local > busy else busy, node.chosen.get(model, -1), node.name)
+                else:
+                    key = (busy, 0, node.name)
+                if best is None or key < best_key:
+                    best, best_key = node, key
             elif status is _RECOVERING:
                 if recovering is None or node.name < recovering:
                     recovering = node.name
             elif status is _UNLOADED and (unloaded is None or node.name < unloaded):
                 unloaded = node.name
         if best is not None:
-            mask |= 2
+            mask |= _BIT_L
         if recovering is not None:
-            mask |= 4
+            mask |= _BIT_R
         if unloaded is not None:
-            mask |= 8
+            mask |= _BIT_U
+        if policy.lifecycle == "static":
+            mask |= _BIT_S
+        if down_holds and policy.known_down == "retry":
+            mask |= _BIT_KD
     rule = _SETTLED[mask]
     target: NodeLike | None = None
     profile: Profile | None = None
     if rule is None:
-        # Conditions 4-6, only when the first four leave the row open.
+        # Conditions 7-9, only when the first seven leave the row open.
         profile = catalogue.profiles.get(model)
         if profile is not None:
-            mask |= 16
+            mask |= _BIT_C
             target_key: tuple[bool, str] | None = None
             for node in fleet.feasible_nodes(profile):
-                if node.routable:
-                    key = pin_key(profile, node.name)
-                    if target_key is None or key < target_key:
-                        target, target_key = node, key
+                if node.routable and not (exclude and node.name in exclude):
+                    key2 = pin_key(profile, node.name)
+                    if target_key is None or key2 < target_key:
+                        target, target_key = node, key2
                 else:
-                    mask |= 64
+                    mask |= _BIT_FD
             if target is not None:
-                mask |= 32
+                mask |= _BIT_FR
         rule = _BY_MASK[mask]
     pick = rule.pick
     if pick is Pick.FIRST_FEASIBLE:
-        return _cold_load(requested, model, rule, profile, target)
+        return _cold_load(
+            requested=requested,
+            model=model,
+            rule=rule,
+            profile=profile,
+            target=target,
+            exclude=exclude,
+        )
     if pick is Pick.NONE:
         chosen = None
     elif pick is Pick.LEAST_BUSY_LOADED:
@@ -358,7 +423,8 @@ def decide(fleet: FleetView, catalogue: Catalogue, requested: str) -> Decision:
         chosen = unloaded
     else:  # FIRST_RECOVERING: not a route; the node is named in the error
         chosen = recovering
-    intern_key = (requested, model, rule.rule, chosen)
+    retry = policy.retry_after(rule.outcome)
+    intern_key = (requested, model, rule.rule, chosen, retry, exclude)
     decision = _INTERNED.get(intern_key)
     if decision is None:
         if len(_INTERNED) >= _INTERN_LIMIT:
@@ -370,21 +436,35 @@ def decide(fleet: FleetView, catalogue: Catalogue, requested: str) -> Decision:
                 outcome=rule.outcome,
                 rule=rule.rule,
                 subject=chosen,
+                retry_after=retry,
+                exclude=exclude,
             )
         else:
             decision = Decision(
-                requested=requested, model=model, outcome=rule.outcome, rule=rule.rule, node=chosen
+                requested=requested,
+                model=model,
+                outcome=rule.outcome,
+                rule=rule.rule,
+                node=chosen,
+                retry_after=retry,
+                exclude=exclude,
             )
         _INTERNED[intern_key] = decision
     return decision
 
 
-_INTERNED: dict[tuple[str, str, str, str | None], Decision] = {}
+_INTERNED: dict[tuple[str, str, str, str | None, int | None, frozenset[str]], Decision] = {}
 _INTERN_LIMIT = 1 << 16
 
 
 def _cold_load(
-    requested: str, model: str, rule: Rule, profile: Profile | None, target: NodeLike | None
+    *,
+    requested: str,
+    model: str,
+    rule: Rule,
+    profile: Profile | None,
+    target: NodeLike | None,
+    exclude: frozenset[str],
 ) -> Decision:
     assert target is not None and profile is not None and target.discovery is not None
     return Decision(
@@ -394,4 +474,5 @@ def _cold_load(
         rule=rule.rule,
         node=target.name,
         load=load_spec(profile, target.discovery),
+        exclude=exclude,
     )

@@ -1,7 +1,9 @@
-"""Trace format v1: reading with line-numbered errors, writing, decision lines.
+"""Trace format v1 and v2: reading with line-numbered errors, writing, decision lines.
 
 A trace is JSON Lines (gzip when the name ends in ``.gz``): a header, then
-events in time order. See ``docs/trace-format.md``. Every problem with a
+events in time order. See ``docs/trace-format.md``. The reader accepts both
+versions (a v1 trace's policy defaults to the reference values of every
+Part II key); the writer writes version 2. Every problem with a
 trace -- unreadable file, corrupt gzip, bad JSON, a missing or mistyped
 field, an unknown node, time going backwards -- is a :class:`TraceError`
 naming the file and the line; nothing else escapes the reader.
@@ -27,23 +29,31 @@ import attrs
 
 from .catalogue import Catalogue, catalogue_from_mapping
 from .errors import ConfigError, TraceError
-from .fleet import Neuron
+from .fleet import NEURON_KINDS, Device, Neuron
 from .policy import Policy
 from .routing import Decision
 from .wire import describe_json, load_json
 
 __all__ = [
+    "DISCOVERY_SOURCES",
     "EVENT_KINDS",
+    "OUTCOME_SOURCES",
     "DiscoveryEvent",
     "Event",
     "HealthEvent",
     "LoadEvent",
     "ModelsEvent",
+    "NeuronAddedEvent",
+    "NeuronRemovedEvent",
+    "OutcomeEvent",
+    "ReconfiguredEvent",
     "RequestEvent",
     "TraceHeader",
     "TraceReader",
     "TraceWriter",
+    "TruthEvent",
     "UnloadEvent",
+    "neuron_from_json",
     "decision_json",
     "decision_line",
     "open_output",
@@ -51,7 +61,12 @@ __all__ = [
 ]
 
 FORMAT = "cortex-fsm-trace"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
+#: Where a ``discovery`` event's topology came from (docs/semantics.md §10).
+DISCOVERY_SOURCES = ("live", "declared", "cache")
+#: Who produced an ``outcome``: the gateway's own answer, or the node's relayed.
+OUTCOME_SOURCES = ("gateway", "upstream")
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -61,6 +76,7 @@ class TraceHeader:
     neurons: tuple[Neuron, ...]
     catalogue: Catalogue = attrs.field(factory=Catalogue)
     policy: Policy = attrs.field(factory=Policy)
+    version: int = VERSION  # as read (a written header is always the current version)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -68,7 +84,7 @@ class TraceHeader:
             "format": FORMAT,
             "version": VERSION,
             "policy": self.policy.to_json(),
-            "neurons": [{"name": n.name, "endpoint": n.endpoint} for n in self.neurons],
+            "neurons": [n.to_json() for n in self.neurons],
             "catalogue": self.catalogue.to_json(),
         }
 
@@ -79,6 +95,7 @@ class DiscoveryEvent:
     node: str
     ok: bool
     body: object = None
+    source: str = "live"
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -116,14 +133,83 @@ class UnloadEvent:
 
 @attrs.frozen(slots=True, kw_only=True)
 class RequestEvent:
+    """A request to decide; ``attempt`` and ``exclude`` mark a failover attempt (§7)."""
+
     t: float
     id: str
     model: str
+    attempt: int | None = None
+    exclude: tuple[str, ...] = ()
 
 
-Event = DiscoveryEvent | ModelsEvent | HealthEvent | LoadEvent | UnloadEvent | RequestEvent
+@attrs.frozen(slots=True, kw_only=True)
+class OutcomeEvent:
+    """What one attempt got (and, for the last attempt, what the client got)."""
 
-EVENT_KINDS = ("discovery", "models", "health", "load", "unload", "request")
+    t: float
+    id: str
+    attempt: int
+    node: str | None
+    status: int
+    retry_after: int | None
+    source: str  # OUTCOME_SOURCES
+    error: str | None
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NeuronAddedEvent:
+    t: float
+    neuron: Neuron
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NeuronRemovedEvent:
+    t: float
+    node: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class TruthEvent:
+    """Ground truth from a simulation: was ``node`` really up? Replay ignores it."""
+
+    t: float
+    node: str
+    up: bool
+    why: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ReconfiguredEvent:
+    """The configuration was reloaded: a new policy and/or catalogue from ``t`` on."""
+
+    t: float
+    policy: Policy | None = None
+    catalogue: Catalogue | None = None
+
+
+Event = (
+    DiscoveryEvent
+    | ModelsEvent
+    | HealthEvent
+    | LoadEvent
+    | UnloadEvent
+    | RequestEvent
+    | OutcomeEvent
+    | NeuronAddedEvent
+    | NeuronRemovedEvent
+    | TruthEvent
+    | ReconfiguredEvent
+)
+
+V1_KINDS = ("discovery", "models", "health", "load", "unload", "request")
+EVENT_KINDS = (
+    *V1_KINDS,
+    "outcome",
+    "neuron_added",
+    "neuron_removed",
+    "truth",
+    "reconfigured",
+)
 _KIND_OF: dict[type, str] = {
     DiscoveryEvent: "discovery",
     ModelsEvent: "models",
@@ -131,6 +217,11 @@ _KIND_OF: dict[type, str] = {
     LoadEvent: "load",
     UnloadEvent: "unload",
     RequestEvent: "request",
+    OutcomeEvent: "outcome",
+    NeuronAddedEvent: "neuron_added",
+    NeuronRemovedEvent: "neuron_removed",
+    TruthEvent: "truth",
+    ReconfiguredEvent: "reconfigured",
 }
 
 
@@ -175,7 +266,7 @@ class TraceReader:
         self.path = os.fspath(path)
         self.line = 0
         self._last_t = -math.inf
-        self._request_ids: set[str] = set()
+        self._request_ids: set[object] = set()  # ids, or (id, attempt) for attempts >= 2
         self.events = 0
         try:
             raw = open(self.path, "rb")  # noqa: SIM115 - closed by close()
@@ -194,7 +285,13 @@ class TraceReader:
         except BaseException:
             self.close()
             raise
-        self._neurons = frozenset(n.name for n in self.header.neurons)
+        #: the nodes in the fleet now (neuron_added / neuron_removed change it)
+        self._neurons = {n.name for n in self.header.neurons}
+        #: every node ever in the fleet (an outcome or truth may name a removed one)
+        self._ever = set(self._neurons)
+        self._outcomes: set[object] = set()
+        self.version = self.header.version
+        self._check = _CHECKS if self.version >= 2 else _CHECKS_V1
 
     @property
     def last_t(self) -> float | None:
@@ -248,9 +345,10 @@ class TraceReader:
         if obj.get("format") != FORMAT:
             raise self._error(f"header: format must be {FORMAT!r}, got {obj.get('format')!r}")
         version = obj.get("version")
-        if version != VERSION or type(version) is not int:
+        if type(version) is not int or version not in VERSIONS:
             raise self._error(
-                f"header: unsupported trace version {version!r} (this reader knows {VERSION})"
+                f"header: unsupported trace version {version!r} "
+                f"(this reader knows {', '.join(map(str, VERSIONS))})"
             )
         raw_neurons = obj.get("neurons")
         if type(raw_neurons) is not list:
@@ -258,26 +356,27 @@ class TraceReader:
         neurons: list[Neuron] = []
         seen: set[str] = set()
         for i, n in enumerate(raw_neurons):
-            if type(n) is not dict:
-                raise self._error(f"header: neurons[{i}] must be an object")
-            name, endpoint = n.get("name"), n.get("endpoint")
-            if type(name) is not str or not name:
-                raise self._error(f"header: neurons[{i}].name must be a non-empty string")
-            if type(endpoint) is not str:
-                raise self._error(f"header: neurons[{i}].endpoint must be a string")
-            if name in seen:
-                raise self._error(f"header: neurons[{i}].name {name!r} appears twice")
-            seen.add(name)
-            neurons.append(Neuron(name=name, endpoint=endpoint))
+            try:
+                neuron = neuron_from_json(n, where=f"header: neurons[{i}]")
+            except ConfigError as exc:
+                raise self._error(str(exc)) from None
+            if neuron.name in seen:
+                raise self._error(f"header: neurons[{i}].name {neuron.name!r} appears twice")
+            seen.add(neuron.name)
+            neurons.append(neuron)
         try:
             raw_catalogue = obj.get("catalogue", {})
             if type(raw_catalogue) is not dict:
                 raise ConfigError(f"header: catalogue must be an object, got {raw_catalogue!r}")
             catalogue = catalogue_from_mapping(raw_catalogue, where="header: catalogue")
-            policy = Policy.from_mapping(obj.get("policy", {}), where="header: policy")
+            policy = Policy.from_mapping(
+                obj.get("policy", {}), where="header: policy", version=version
+            )
         except ConfigError as exc:
             raise self._error(str(exc)) from None
-        return TraceHeader(neurons=tuple(neurons), catalogue=catalogue, policy=policy)
+        return TraceHeader(
+            neurons=tuple(neurons), catalogue=catalogue, policy=policy, version=version
+        )
 
     def __iter__(self) -> Iterator[Event]:
         """The events as typed values."""
@@ -292,7 +391,7 @@ class TraceReader:
         neuron of the header. ``line``, ``events`` and ``last_t`` are brought
         up to date when iteration stops (the loop keeps them in locals).
         """
-        check = _CHECKS
+        check = self._check
         neurons = self._neurons
         ids = self._request_ids
         decode = _raw_decode
@@ -330,21 +429,27 @@ class TraceReader:
                     last_t = t
                     if kind == "request":  # the most common kind, checked inline
                         rid = obj.get("id")
-                        if type(rid) is not str or type(obj.get("model")) is not str or rid in ids:
-                            self._check_request(obj)  # raises with the reason
-                        ids.add(rid)  # type: ignore[arg-type]
-                    else:
+                        if (
+                            type(rid) is not str
+                            or type(obj.get("model")) is not str
+                            or rid in ids
+                            or "attempt" in obj
+                            or "exclude" in obj
+                        ):
+                            self._check_request(obj)  # raises with the reason, or records it
+                        else:
+                            ids.add(rid)
+                    elif kind in _NODE_KINDS:
                         node = obj.get("node")
                         if type(node) is not str or node not in neurons:
                             node = _str(obj, "node", kind)
-                            raise _Bad(
-                                f"{kind} event: unknown node {node!r} "
-                                "(not among the header's neurons)"
-                            )
+                            raise _Bad(_unknown_node(kind, node, self._ever))
                         # A successful fetch (ok true, with a body) needs no more checks here:
-                        # the body itself is validated by the engine (semantics §1).
-                        if obj.get("ok") is not True or "body" not in obj or kind in _LIFECYCLE:
+                        # the body itself is validated by the engine (docs/semantics.md §1).
+                        if obj.get("ok") is not True or "body" not in obj or kind in _CHECK_ALWAYS:
                             check[kind](self, obj)
+                    else:
+                        check[kind](self, obj)
                 except _Bad as exc:
                     self.line = line
                     raise self._error(str(exc)) from None
@@ -358,15 +463,103 @@ class TraceReader:
         finally:
             self.line, self.events, self._last_t = line, events, last_t
 
-    def _check_request(self, obj: Mapping[str, Any]) -> None:
-        rid = obj.get("id")
-        if type(rid) is not str:
-            _str(obj, "id", "request")
+    def _check_request(self, obj: dict[str, Any]) -> None:
+        rid = _str(obj, "id", "request")
         if type(obj.get("model")) is not str:
             _str(obj, "model", "request")
-        if rid in self._request_ids:
-            raise _Bad(f"request event: id {rid!r} was used before")
-        self._request_ids.add(rid)  # type: ignore[arg-type]
+        attempt = _attempt(obj, "request", required=False)
+        if "exclude" in obj:
+            exclude = obj["exclude"]
+            if type(exclude) is not list or not all(type(n) is str for n in exclude):
+                raise _Bad("request event: field 'exclude' must be an array of node names")
+            obj["exclude"] = frozenset(exclude)
+        key = _request_key(rid, attempt)
+        if key in self._request_ids:
+            if attempt is None:
+                raise _Bad(f"request event: id {rid!r} was used before")
+            raise _Bad(f"request event: id {rid!r} attempt {attempt} was used before")
+        self._request_ids.add(key)
+
+    def _check_outcome(self, obj: dict[str, Any]) -> None:
+        rid = _str(obj, "id", "outcome")
+        attempt = _attempt(obj, "outcome", required=True)
+        node = _field(obj, "node", "outcome")
+        if node is not None:
+            if type(node) is not str:
+                raise _Bad(
+                    f"outcome event: field 'node' must be a string or null, "
+                    f"got {describe_json(node)}"
+                )
+            if node not in self._ever:
+                raise _Bad(f"outcome event: unknown node {node!r}")
+        status = _field(obj, "status", "outcome")
+        if type(status) is not int or not 100 <= status <= 599:
+            raise _Bad(f"outcome event: field 'status' must be an HTTP status, got {status!r}")
+        retry = _field(obj, "retry_after", "outcome")
+        if retry is not None and (type(retry) is not int or retry < 0):
+            raise _Bad(
+                f"outcome event: field 'retry_after' must be a non-negative integer or null, "
+                f"got {describe_json(retry)}"
+            )
+        source = _field(obj, "source", "outcome")
+        if source not in OUTCOME_SOURCES:
+            raise _Bad(
+                f"outcome event: field 'source' must be one of {', '.join(OUTCOME_SOURCES)}, "
+                f"got {source!r}"
+            )
+        error = _field(obj, "error", "outcome")
+        if error is not None and type(error) is not str:
+            raise _Bad(
+                f"outcome event: field 'error' must be a string or null, got {describe_json(error)}"
+            )
+        key = _request_key(rid, attempt)
+        if key not in self._request_ids:
+            raise _Bad(f"outcome event: no earlier request {rid!r} attempt {attempt}")
+        if key in self._outcomes:
+            raise _Bad(f"outcome event: request {rid!r} attempt {attempt} already has an outcome")
+        self._outcomes.add(key)
+
+    def _check_neuron_added(self, obj: dict[str, Any]) -> None:
+        raw = _field(obj, "neuron", "neuron_added")
+        try:
+            neuron = neuron_from_json(raw, where="neuron_added event: neuron")
+        except ConfigError as exc:
+            raise _Bad(str(exc)) from None
+        if neuron.name in self._neurons:
+            raise _Bad(f"neuron_added event: node {neuron.name!r} is already in the fleet")
+        self._neurons.add(neuron.name)
+        self._ever.add(neuron.name)
+        obj["neuron"] = neuron
+
+    def _check_neuron_removed(self, obj: dict[str, Any]) -> None:
+        self._neurons.discard(obj["node"])
+
+    def _check_truth(self, obj: dict[str, Any]) -> None:
+        node = _str(obj, "node", "truth")
+        if node not in self._ever:
+            raise _Bad(f"truth event: unknown node {node!r}")
+        _bool(obj, "up", "truth")
+        _str(obj, "why", "truth")
+
+    def _check_reconfigured(self, obj: dict[str, Any]) -> None:
+        if "policy" not in obj and "catalogue" not in obj:
+            raise _Bad("reconfigured event: needs 'policy', 'catalogue' or both")
+        try:
+            if "policy" in obj:
+                obj["policy"] = Policy.from_mapping(
+                    obj["policy"], where="reconfigured event: policy"
+                )
+            if "catalogue" in obj:
+                raw = obj["catalogue"]
+                if type(raw) is not dict:
+                    raise ConfigError(
+                        f"reconfigured event: catalogue must be an object, got {describe_json(raw)}"
+                    )
+                obj["catalogue"] = catalogue_from_mapping(
+                    raw, where="reconfigured event: catalogue"
+                )
+        except ConfigError as exc:
+            raise _Bad(str(exc)) from None
 
     def _check_models(self, obj: Mapping[str, Any]) -> None:
         ok = obj.get("ok")
@@ -390,13 +583,77 @@ class TraceReader:
         elif ok is not False:
             _bool(obj, "ok", obj["kind"])
 
+    def _check_discovery(self, obj: Mapping[str, Any]) -> None:
+        self._check_fetch(obj)
+        source = obj.get("source", "live")
+        if source not in DISCOVERY_SOURCES:
+            raise _Bad(
+                f"discovery event: field 'source' must be one of {', '.join(DISCOVERY_SOURCES)}, "
+                f"got {source!r}"
+            )
+
     def _check_lifecycle(self, obj: Mapping[str, Any]) -> None:
         kind = obj["kind"]
         _str(obj, "model", kind)
         _bool(obj, "ok", kind)
 
 
-_LIFECYCLE = frozenset({"load", "unload"})
+#: Kinds whose ``node`` must name a node in the fleet at that point.
+_NODE_KINDS = frozenset({"discovery", "models", "health", "load", "unload", "neuron_removed"})
+#: ... and that need their full check even when ``ok`` with a body.
+_CHECK_ALWAYS = frozenset({"load", "unload", "neuron_removed", "discovery"})
+
+
+def _unknown_node(kind: str, node: str, ever: set[str]) -> str:
+    if node in ever:
+        return f"{kind} event: node {node!r} was removed from the fleet earlier"
+    return f"{kind} event: unknown node {node!r} (not among the header's neurons)"
+
+
+def _attempt(obj: Mapping[str, Any], kind: str, *, required: bool) -> int | None:
+    if "attempt" not in obj and not required:
+        return None
+    attempt = _field(obj, "attempt", kind)
+    if type(attempt) is not int or attempt < 1:
+        raise _Bad(f"{kind} event: field 'attempt' must be an integer >= 1, got {attempt!r}")
+    return attempt
+
+
+def _request_key(rid: str, attempt: int | None) -> object:
+    """Requests are told apart by (id, attempt); attempt 1 is the same as none."""
+    return rid if attempt is None or attempt == 1 else (rid, attempt)
+
+
+def neuron_from_json(raw: object, *, where: str) -> Neuron:
+    """A neuron as a trace header (or ``neuron_added``) writes it; ConfigError if bad."""
+    if type(raw) is not dict:
+        raise ConfigError(f"{where} must be an object")
+    name, endpoint = raw.get("name"), raw.get("endpoint")
+    if type(name) is not str or not name:
+        raise ConfigError(f"{where}.name must be a non-empty string")
+    if type(endpoint) is not str:
+        raise ConfigError(f"{where}.endpoint must be a string")
+    kind = raw.get("kind", "neuron")
+    if kind not in NEURON_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(NEURON_KINDS)}, got {kind!r}")
+    devices: tuple[Device, ...] | None = None
+    raw_devices = raw.get("devices")
+    if raw_devices is not None:
+        if type(raw_devices) is not list:
+            raise ConfigError(f"{where}.devices must be an array of devices")
+        parsed = []
+        for i, d in enumerate(raw_devices):
+            if (
+                type(d) is not dict
+                or type(d.get("index")) is not int
+                or type(d.get("vram_total_mb")) is not int
+            ):
+                raise ConfigError(
+                    f"{where}.devices[{i}] must be an object with integer index and vram_total_mb"
+                )
+            parsed.append(Device(index=d["index"], vram_total_mb=d["vram_total_mb"]))
+        devices = tuple(parsed)
+    return Neuron(name=name, endpoint=endpoint, kind=kind, devices=devices)
 
 
 _raw_decode = json.JSONDecoder().raw_decode
@@ -424,27 +681,61 @@ def _bad_kind(kind: object) -> str:
         return "a second header"
     if kind is None:
         return "missing field 'kind'"
+    if kind in EVENT_KINDS:
+        return f"kind {kind!r} needs a version 2 trace (this header says version 1)"
     return f"unknown kind {kind!r} (expected one of: {', '.join(EVENT_KINDS)})"
 
 
-_CHECKS: dict[str, Callable[[TraceReader, Mapping[str, Any]], None]] = {
+_CHECKS_V1: dict[str, Callable[[TraceReader, Any], None]] = {
     "request": TraceReader._check_request,
     "models": TraceReader._check_models,
     "health": TraceReader._check_fetch,
-    "discovery": TraceReader._check_fetch,
+    "discovery": TraceReader._check_discovery,
     "load": TraceReader._check_lifecycle,
     "unload": TraceReader._check_lifecycle,
 }
+_CHECKS: dict[str, Callable[[TraceReader, Any], None]] = {
+    **_CHECKS_V1,
+    "outcome": TraceReader._check_outcome,
+    "neuron_added": TraceReader._check_neuron_added,
+    "neuron_removed": TraceReader._check_neuron_removed,
+    "truth": TraceReader._check_truth,
+    "reconfigured": TraceReader._check_reconfigured,
+}
 
 _TYPED: dict[str, Callable[[Mapping[str, Any]], Event]] = {
-    "request": lambda f: RequestEvent(t=f["t"], id=f["id"], model=f["model"]),
+    "request": lambda f: RequestEvent(
+        t=f["t"],
+        id=f["id"],
+        model=f["model"],
+        attempt=f.get("attempt"),
+        exclude=tuple(sorted(f.get("exclude", ()))),
+    ),
     "models": lambda f: ModelsEvent(
         t=f["t"], node=f["node"], ok=f["ok"], body=f.get("body"), error=f.get("error", "")
     ),
     "health": lambda f: HealthEvent(t=f["t"], node=f["node"], ok=f["ok"], body=f.get("body")),
-    "discovery": lambda f: DiscoveryEvent(t=f["t"], node=f["node"], ok=f["ok"], body=f.get("body")),
+    "discovery": lambda f: DiscoveryEvent(
+        t=f["t"], node=f["node"], ok=f["ok"], body=f.get("body"), source=f.get("source", "live")
+    ),
     "load": lambda f: LoadEvent(t=f["t"], node=f["node"], model=f["model"], ok=f["ok"]),
     "unload": lambda f: UnloadEvent(t=f["t"], node=f["node"], model=f["model"], ok=f["ok"]),
+    "outcome": lambda f: OutcomeEvent(
+        t=f["t"],
+        id=f["id"],
+        attempt=f["attempt"],
+        node=f["node"],
+        status=f["status"],
+        retry_after=f["retry_after"],
+        source=f["source"],
+        error=f["error"],
+    ),
+    "neuron_added": lambda f: NeuronAddedEvent(t=f["t"], neuron=f["neuron"]),
+    "neuron_removed": lambda f: NeuronRemovedEvent(t=f["t"], node=f["node"]),
+    "truth": lambda f: TruthEvent(t=f["t"], node=f["node"], up=f["up"], why=f["why"]),
+    "reconfigured": lambda f: ReconfiguredEvent(
+        t=f["t"], policy=f.get("policy"), catalogue=f.get("catalogue")
+    ),
 }
 
 
@@ -455,14 +746,34 @@ def event_json(event: Event) -> dict[str, object]:
     """The trace line for ``event`` (as a dict, keys in the documented order)."""
     kind = _KIND_OF[type(event)]
     out: dict[str, object] = {"kind": kind}
+    if isinstance(event, NeuronAddedEvent):
+        out.update(t=event.t, neuron=event.neuron.to_json())
+        return out
+    if isinstance(event, ReconfiguredEvent):
+        out["t"] = event.t
+        if event.policy is not None:
+            out["policy"] = event.policy.to_json()
+        if event.catalogue is not None:
+            out["catalogue"] = event.catalogue.to_json()
+        return out
     out.update(attrs.asdict(event, recurse=False))
     if isinstance(event, ModelsEvent):
         if event.ok:
             del out["error"]
         else:
             del out["body"]
-    elif isinstance(event, HealthEvent | DiscoveryEvent) and not event.ok:
-        del out["body"]
+    elif isinstance(event, HealthEvent | DiscoveryEvent):
+        if not event.ok:
+            del out["body"]
+        if isinstance(event, DiscoveryEvent) and event.source == "live":
+            del out["source"]
+    elif isinstance(event, RequestEvent):
+        if event.attempt is None:
+            del out["attempt"]
+        if event.exclude:
+            out["exclude"] = sorted(event.exclude)
+        else:
+            del out["exclude"]
     return out
 
 
@@ -475,7 +786,7 @@ def open_output(path: str | os.PathLike[str]) -> IO[str]:
 
 
 class TraceWriter:
-    """Writes a v1 trace as it happens (used by the gateway's ``--record``).
+    """Writes a (version 2) trace as it happens (used by the gateway's ``--record``).
 
     Each line is flushed as written, so a crash loses at most the line being
     written; :meth:`close` completes the gzip stream.
@@ -579,10 +890,15 @@ class AtomicOutput:
 # --- decision output -------------------------------------------------------------------------
 
 
-def decision_json(decision: Decision, request_id: str, t: float) -> dict[str, object]:
-    """The decision line as a dict (keys in the documented order)."""
-    out: dict[str, object] = {
-        "id": request_id,
+def decision_json(
+    decision: Decision, request_id: str, t: float, attempt: int | None = None
+) -> dict[str, object]:
+    """The decision line as a dict (keys in the documented order; ``attempt``
+    only when the request carried one)."""
+    out: dict[str, object] = {"id": request_id}
+    if attempt is not None:
+        out["attempt"] = attempt
+    out |= {
         "t": float(t),
         "model": decision.requested,
         "resolved": decision.model,
@@ -600,7 +916,7 @@ def decision_json(decision: Decision, request_id: str, t: float) -> dict[str, ob
 _enc = encode_basestring_ascii
 
 
-def decision_line(decision: Decision, request_id: str, t: float) -> str:
+def decision_line(decision: Decision, request_id: str, t: float, attempt: int | None = None) -> str:
     """The decision line exactly as ``json.dumps(decision_json(...))`` writes it, faster.
 
     ``t`` must be a float (trace records are). Everything after ``id`` and
@@ -612,6 +928,8 @@ def decision_line(decision: Decision, request_id: str, t: float) -> str:
         if len(_TAILS) >= _TAIL_LIMIT:
             _TAILS.clear()
         tail = _TAILS[decision] = _tail(decision)
+    if attempt is not None:
+        return f'{{"id": {_enc(request_id)}, "attempt": {attempt}, "t": {t!r}, {tail}'
     return f'{{"id": {_enc(request_id)}, "t": {t!r}, {tail}'
 
 
@@ -622,7 +940,7 @@ _TAIL_LIMIT = 1 << 16
 def _tail(decision: Decision) -> str:
     outcome = decision.outcome
     node = decision.node
-    retry = outcome.retry_after
+    retry = decision.retry_after
     tail = (
         f'"model": {_enc(decision.requested)}, "resolved": {_enc(decision.model)}, '
         f'"outcome": "{outcome.value}", "node": {"null" if node is None else _enc(node)}, '

@@ -332,7 +332,10 @@ class Gateway:
         request_id, decision = self.journal.request(requested)
         if not decision.routed:
             status, headers, body = error_envelope(
-                decision.outcome, model=decision.model, node=decision.subject
+                decision.outcome,
+                model=decision.model,
+                node=decision.subject,
+                retry_after=decision.retry_after,
             )
             headers += _tags(request_id, decision.outcome)
             with contextlib.suppress(HTTPError):
@@ -585,7 +588,11 @@ class Gateway:
         )
         template = REJECTS[outcome].message.format(model=decision.model, node=node or "?")
         status, headers, body = error_envelope(
-            outcome, model=decision.model, node=node, message=f"{template} ({failure.detail})"
+            outcome,
+            model=decision.model,
+            node=node,
+            message=f"{template} ({failure.detail})",
+            retry_after=self.engine.policy.retry_after(outcome),
         )
         headers += _tags(request_id, outcome, node)
         with contextlib.suppress(HTTPError):

@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from ..catalogue import Catalogue
 from ..engine import Engine, Transition
-from ..replay import apply_event
+from ..fleet import Neuron
+from ..policy import Policy
+from ..replay import apply_event, transitions_of
 from ..routing import Decision
 from ..trace import (
     DiscoveryEvent,
@@ -31,6 +34,10 @@ from ..trace import (
     HealthEvent,
     LoadEvent,
     ModelsEvent,
+    NeuronAddedEvent,
+    NeuronRemovedEvent,
+    OutcomeEvent,
+    ReconfiguredEvent,
     RequestEvent,
     TraceWriter,
     UnloadEvent,
@@ -82,7 +89,10 @@ class Journal:
     # -- the one path to the engine -------------------------------------------------------
 
     def apply(self, event: Event) -> Decision | Transition | None:
-        """Apply ``event`` to the engine (as replay does), record it, tell listeners."""
+        """Apply ``event`` to the engine (as replay does), record it, tell listeners.
+
+        Returns the request's decision, or the (last) health transition it caused.
+        """
         result = apply_event(self.engine, event)
         if self.recorder is not None:
             self.recorder.write(event)
@@ -90,11 +100,19 @@ class Journal:
             self._track_models(event)
         elif isinstance(event, LoadEvent | UnloadEvent):
             self._generation[event.node] += 1
-        if isinstance(result, Transition):
-            _health_log.info(json.dumps({"event": "health_transition", **result.to_json()}))
+        elif isinstance(event, NeuronAddedEvent):
+            self._generation[event.neuron.name] = 0
+        elif isinstance(event, NeuronRemovedEvent):
+            self._generation.pop(event.node, None)
+            self._models_body.pop(event.node, None)
+        if isinstance(result, Decision):
+            return result
+        moved = transitions_of(result)
+        for transition in moved:
+            _health_log.info(json.dumps({"event": "health_transition", **transition.to_json()}))
             for on_transition in self.transition_listeners:
-                on_transition(result)
-        return result
+                on_transition(transition)
+        return moved[-1] if moved else None
 
     def _track_models(self, event: ModelsEvent) -> None:
         if not event.ok or event.body != self._models_body.get(event.node):
@@ -116,8 +134,12 @@ class Journal:
     def needs_discovery(self, node: str) -> bool:
         return self.engine.needs_discovery(node)
 
-    def discovery(self, node: str, *, ok: bool, body: object = None) -> None:
-        self.apply(DiscoveryEvent(t=self.now(), node=node, ok=ok, body=body if ok else None))
+    def discovery(self, node: str, *, ok: bool, body: object = None, source: str = "live") -> None:
+        """A ``/discovery`` answer; ``source`` ``declared`` or ``cache`` for a
+        topology known without asking (docs/semantics.md §10)."""
+        self.apply(
+            DiscoveryEvent(t=self.now(), node=node, ok=ok, body=body if ok else None, source=source)
+        )
 
     def models(
         self, node: str, *, ok: bool, body: object = None, error: str = ""
@@ -141,13 +163,64 @@ class Journal:
     def unload(self, node: str, model: str, *, ok: bool) -> None:
         self.apply(UnloadEvent(t=self.now(), node=node, model=model, ok=ok))
 
-    def request(self, model: str) -> tuple[str, Decision]:
-        """Route a request for ``model`` now: ``(request id, decision)``."""
-        self._requests += 1
-        request_id = f"r{self._requests}"
+    def request(
+        self,
+        model: str,
+        *,
+        exclude: Iterable[str] = (),
+        attempt: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[str, Decision]:
+        """Route a request for ``model`` now: ``(request id, decision)``.
+
+        A failover attempt (docs/semantics.md §7) passes the client request's
+        ``request_id``, its ``attempt`` number and the nodes to ``exclude``.
+        """
+        if request_id is None:
+            self._requests += 1
+            request_id = f"r{self._requests}"
         t = self.now()
-        decision = self.apply(RequestEvent(t=t, id=request_id, model=model))
+        event = RequestEvent(
+            t=t, id=request_id, model=model, attempt=attempt, exclude=tuple(sorted(exclude))
+        )
+        decision = self.apply(event)
         assert isinstance(decision, Decision)
         for on_decision in self.decision_listeners:
             on_decision(request_id, t, decision)
         return request_id, decision
+
+    def outcome(
+        self,
+        request_id: str,
+        attempt: int,
+        *,
+        node: str | None,
+        status: int,
+        retry_after: int | None,
+        source: str,
+        error: str | None,
+    ) -> Transition | None:
+        """What one attempt got: ends its in-flight count, feeds passive health (§6)."""
+        event = OutcomeEvent(
+            t=self.now(),
+            id=request_id,
+            attempt=attempt,
+            node=node,
+            status=status,
+            retry_after=retry_after,
+            source=source,
+            error=error,
+        )
+        result = self.apply(event)
+        return result if isinstance(result, Transition) else None
+
+    def neuron_added(self, neuron: Neuron) -> None:
+        self.apply(NeuronAddedEvent(t=self.now(), neuron=neuron))
+
+    def neuron_removed(self, name: str) -> None:
+        self.apply(NeuronRemovedEvent(t=self.now(), node=name))
+
+    def reconfigured(
+        self, *, catalogue: Catalogue | None = None, policy: Policy | None = None
+    ) -> None:
+        self.apply(ReconfiguredEvent(t=self.now(), policy=policy, catalogue=catalogue))

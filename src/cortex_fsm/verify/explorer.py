@@ -110,6 +110,9 @@ __all__ = [
 ]
 
 MAX_NODES = 6
+#: The policy whose routing the explorer checks (Part I: every Part II key at
+#: its reference value; the threshold is the explorer's own).
+REFERENCE = Policy.reference()
 
 #: The model id the polls report, its alias, a pinned model, an unknown id.
 MODEL = "big"
@@ -650,10 +653,10 @@ class _Checker:
         decisions: dict[str, Decision] = {}
         bad: list[Violation] = []
         for requested in REQUESTS:
-            reference = decide(fleet, catalogue, requested)
+            reference = decide(fleet, catalogue, requested, REFERENCE)
             decisions[requested] = reference
-            again = [decide(fleet, catalogue, requested)] + [
-                decide(view, self.reversed_catalogue, requested) for view in views
+            again = [decide(fleet, catalogue, requested, REFERENCE)] + [
+                decide(view, self.reversed_catalogue, requested, REFERENCE) for view in views
             ]
             if not r5(reference, again):
                 bad.append(
@@ -774,7 +777,7 @@ class _Explorer:
     ) -> None:
         self.names = node_names(nodes)
         self.catalogue = explorer_catalogue(nodes)
-        self.policy = Policy(failure_threshold=threshold)
+        self.policy = Policy.reference().with_values({"failure_threshold": threshold})
         self.threshold = threshold
         self.depth = depth
         self.stop_at_first = stop_at_first

@@ -456,13 +456,15 @@ class OrderedView:
                     node,
                     models=dict(reversed(list(node.models.items()))),
                     busy=dict(reversed(list(node.busy.items()))),
+                    local=dict(reversed(list(node.local.items()))),
+                    chosen=dict(reversed(list(node.chosen.items()))),
                 )
                 for node in nodes
             ]
         self.nodes: tuple[NodeSnapshot, ...] = tuple(nodes)
 
-    def any_routable(self) -> bool:
-        return any(node.routable for node in self.nodes)
+    def any_routable(self, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(node.routable and node.name not in exclude for node in self.nodes)
 
     def holders(self, model: str) -> list[NodeSnapshot]:
         return [node for node in self.nodes if model in node.models]

@@ -63,8 +63,12 @@ from ..fleet import (
     PollFailure,
 )
 from ..health import Event, HealthState, HealthTable, Phase, validate_threshold
+from ..policy import Policy
 from ..routing import Decision, decide
 from .invariants import OrderedView
+
+#: The routing the model is generated from: Part I (Part II keys at reference).
+REFERENCE = Policy.reference()
 
 __all__ = [
     "MAX_NODES",
@@ -243,10 +247,10 @@ def routing_table(nodes: int, threshold: int) -> list[int]:
                     pinned_on=pinned,
                 )
             catalogue = catalogues[key] = Catalogue(profiles=profiles, aliases={ALIAS: MODEL})
-        base = _encode(decide(_fleet(node_cache, features, 0), catalogue, MODEL), names)
+        base = _encode(decide(_fleet(node_cache, features, 0), catalogue, MODEL, REFERENCE), names)
         other = _fleet(node_cache, features, 1)
         view = OrderedView(other, names[::-1], reverse_maps=True)
-        if _encode(decide(view, catalogue, ALIAS), names) != base:
+        if _encode(decide(view, catalogue, ALIAS, REFERENCE), names) != base:
             raise AbstractionError(
                 _diagnose(node_cache, features, catalogue, catalogued, names, base)
             )
@@ -276,11 +280,14 @@ def _diagnose(  # noqa: PLR0917 - private, called once
     same = _fleet(cache, features, 0)
     other = _fleet(cache, features, 1)
     tries = [
-        ("another concrete health state, status or discovery", decide(other, catalogue, MODEL)),
-        ("the model asked by its alias", decide(same, catalogue, ALIAS)),
+        (
+            "another concrete health state, status or discovery",
+            decide(other, catalogue, MODEL, REFERENCE),
+        ),
+        ("the model asked by its alias", decide(same, catalogue, ALIAS, REFERENCE)),
         (
             "the nodes (and their maps) in reverse order -- an order dependence (R5)",
-            decide(OrderedView(same, names[::-1], reverse_maps=True), catalogue, MODEL),
+            decide(OrderedView(same, names[::-1], reverse_maps=True), catalogue, MODEL, REFERENCE),
         ),
     ]
     shown = ", ".join(
