@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +25,9 @@ from cortex_fsm.drivers.http import (
     Limits,
     Request,
     Responder,
+    ServerControl,
     UsageError,
+    reason_phrase,
     serve,
 )
 
@@ -528,3 +531,83 @@ async def test_cancelling_serve_closes_listener(anyio_backend: str) -> None:
     async with HTTPClient() as client:
         with pytest.raises(ConnectError):
             await client.request("GET", url(address))
+
+
+async def test_drain_finishes_requests_in_flight_and_closes_idle_connections(
+    anyio_backend: str,
+) -> None:
+    release = anyio.Event()
+
+    async def slow(request: Request, responder: Responder) -> None:
+        if request.path == "/slow":
+            await responder.start(200, [("content-type", "text/plain")])
+            await responder.send(b"first ")
+            await release.wait()
+            await responder.send(b"last")
+            await responder.end()
+        else:
+            await responder.respond(200, [], b"quick")
+
+    control = ServerControl()
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(partial(serve, slow, control=control))
+        async with await anyio.connect_tcp(host, port) as idle, HTTPClient() as client:
+            await idle.send(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await idle.receive()).startswith(b"HTTP/1.1 200 OK\r\n")
+            async with client.stream("GET", url((host, port), "/slow")) as resp:
+                chunks = resp.iter_bytes()
+                assert await anext(chunks) == b"first "
+                assert control.active == 1
+                control.drain()
+                # the idle connection is closed at once, new ones are refused
+                with anyio.fail_after(5):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await idle.receive()
+                with pytest.raises(OSError):
+                    await anyio.connect_tcp(host, port)
+                release.set()
+                assert b"".join([c async for c in chunks]) == b"last"
+                # the last response tells the client not to reuse the connection
+                assert resp.header("connection") is None  # started before the drain
+        with anyio.fail_after(5):
+            while control.connections:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_response_started_while_draining_says_connection_close(
+    anyio_backend: str,
+) -> None:
+    started = anyio.Event()
+    go = anyio.Event()
+
+    async def handler(request: Request, responder: Responder) -> None:
+        started.set()
+        await go.wait()
+        await responder.respond(201, [], b"made")
+
+    control = ServerControl()
+    async with anyio.create_task_group() as tg:
+        address = await tg.start(partial(serve, handler, control=control))
+        with anyio.fail_after(5):
+            sock = await anyio.connect_tcp(*address)
+            await sock.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            await started.wait()
+            control.drain()
+            go.set()
+            received = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    received += await sock.receive()
+            await sock.aclose()
+        assert received.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert b"connection: close\r\n" in received
+        assert received.endswith(b"made")
+        tg.cancel_scope.cancel()
+
+
+def test_reason_phrases() -> None:
+    assert reason_phrase(200) == b"OK"
+    assert reason_phrase(503) == b"Service Unavailable"
+    assert reason_phrase(508) == b"Loop Detected"
+    assert reason_phrase(599) == b""

@@ -89,11 +89,13 @@ once, without (the rest of) a response.
 from __future__ import annotations
 
 import contextlib
+import functools
+import http as _stdlib_http
 import json
 import logging
 import re
 import select
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, NoReturn, TypeAlias, cast
 from urllib.parse import urlsplit
 
@@ -121,11 +123,13 @@ __all__ = [
     "Request",
     "RequestBody",
     "Responder",
+    "ServerControl",
     "Response",
     "StreamingResponse",
     "TooLarge",
     "UsageError",
     "default_error_response",
+    "reason_phrase",
     "serve",
 ]
 
@@ -754,6 +758,12 @@ class Request:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
         return _find_header(self.headers, name)
 
+    @property
+    def error_status(self) -> int | None:
+        """The status the server answers on its own because reading this request
+        failed (413 for a body over the limit, 400 for a malformed one), if so."""
+        return self._conn.failure_status
+
     async def body(self) -> bytes:
         """Read the whole (remaining) body; :class:`BodyTooLarge` over the limit."""
         parts: list[bytes] = []
@@ -799,7 +809,11 @@ class Request:
 
 
 class Responder:
-    """Sends the response to one :class:`Request`."""
+    """Sends the response to one :class:`Request`.
+
+    It keeps what was sent, for access logs: :attr:`status` and
+    :attr:`headers` once started, and :attr:`bytes_sent` (body bytes).
+    """
 
     def __init__(self, conn: _ServerConnection, request_method: str) -> None:
         self._conn = conn
@@ -807,6 +821,12 @@ class Responder:
         self.started = False
         self.ended = False
         self.aborted = False
+        self.status: int | None = None
+        """The status sent, once started."""
+        self.headers: Sequence[tuple[str, str]] = ()
+        """The headers sent, once started."""
+        self.bytes_sent = 0
+        """Body bytes handed to the connection so far."""
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
         """Send the status line and headers.
@@ -823,11 +843,19 @@ class Responder:
         framed = _has_header(headers, "content-length") or _has_header(headers, "transfer-encoding")
         if not framed and not self._head_only and status >= 200 and status not in (204, 304):
             headers.append(("transfer-encoding", "chunked"))
+        if self._conn.closing and not _has_header(headers, "connection"):
+            headers.append(("connection", "close"))  # draining: this is the last response
         try:
-            event = h11.Response(status_code=status, headers=_coerce_headers(headers))
+            event = h11.Response(
+                status_code=status,
+                headers=_coerce_headers(headers),
+                reason=_REASONS.get(status, b""),
+            )
         except h11.LocalProtocolError as exc:
             raise UsageError(f"response cannot be sent: {exc}") from None
         self.started = True
+        self.status = status
+        self.headers = headers
         return event
 
     async def send(self, chunk: bytes) -> None:
@@ -839,6 +867,7 @@ class Responder:
             raise ConnectionClosedError("response was aborted")
         if chunk and not self._head_only:
             await self._conn.send_event(h11.Data(data=chunk))
+            self.bytes_sent += len(chunk)
 
     async def end(self) -> None:
         """Finish the response."""
@@ -863,11 +892,27 @@ class Responder:
         self.ended = True
         events.append(h11.EndOfMessage())
         await self._conn.send_events(events)
+        if not self._head_only:
+            self.bytes_sent += len(body)
 
     async def abort(self) -> None:
         """Close the connection at once, without (the rest of) a response."""
         self.aborted = True
         await self._conn.aclose()
+
+
+def _reason_phrases() -> dict[int, bytes]:
+    phrases = {status.value: status.phrase.encode("ascii") for status in _stdlib_http.HTTPStatus}
+    phrases[508] = b"Loop Detected"
+    return phrases
+
+
+_REASONS: Final = _reason_phrases()
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase of a status line (RFC 9110's name; ``b""`` for an unnamed status)."""
+    return _REASONS.get(status, b"")
 
 
 ErrorRenderer: TypeAlias = Callable[[int, str], tuple[Sequence[tuple[str, str]], bytes]]
@@ -898,6 +943,40 @@ def default_error_response(status: int, message: str) -> tuple[Sequence[tuple[st
     return [("content-type", "application/json")], json.dumps(envelope).encode()
 
 
+class ServerControl:
+    """Drains a running :func:`serve` (pass one in as ``control``).
+
+    :meth:`drain` stops accepting connections and closes the listening
+    sockets, closes every connection that is waiting for a request, and lets
+    requests in progress finish (a response started after the drain began
+    carries ``connection: close``); each connection closes when its request
+    is done, and :func:`serve` returns once none is left. The caller bounds
+    how long that may take (cancel the scope that runs :func:`serve`).
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        """Requests being handled right now."""
+        self._connections: set[_ServerConnection] = set()
+        self._accepting: anyio.CancelScope | None = None
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self._connections)
+
+    def drain(self) -> None:
+        """Stop accepting; finish what is in progress; then :func:`serve` returns."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for conn in list(self._connections):
+            conn.close_if_idle()
+
+
 class _ServerConnection(_Wire):
     def __init__(
         self,
@@ -905,10 +984,13 @@ class _ServerConnection(_Wire):
         handler: Handler,
         limits: Limits,
         render_error: ErrorRenderer,
+        control: ServerControl,
     ) -> None:
         super().__init__(stream, h11.SERVER, limits)
         self.handler = handler
         self.render_error = render_error
+        self.control = control
+        self._waiting: anyio.CancelScope | None = None
         self.peer: tuple[str, int] | None = None
         with contextlib.suppress(Exception):
             address = stream.extra(SocketAttribute.remote_address)
@@ -916,6 +998,21 @@ class _ServerConnection(_Wire):
                 self.peer = (str(address[0]), int(address[1]))
         self.failure: HTTPError | None = None
         self.failure_status: int | None = None
+
+    @property
+    def closing(self) -> bool:
+        """The server is draining: this connection serves no further request."""
+        return self.control.draining
+
+    def close_if_idle(self) -> None:
+        """Close now if waiting for a request of which nothing has arrived yet."""
+        waiting = self._waiting
+        if (
+            waiting is not None
+            and self.h11.their_state is h11.IDLE
+            and not self.h11.trailing_data[0]
+        ):
+            waiting.cancel()
 
     def fail(self, status: int | None, error: HTTPError) -> NoReturn:
         """Record why reading the request failed (and what to answer), then raise."""
@@ -928,13 +1025,16 @@ class _ServerConnection(_Wire):
             head = await self._read_head()
             if head is None:
                 return
-            if not await self._handle(head):
+            if not await self._handle(head) or self.control.draining:
                 return
             self.next_cycle()
 
     async def _read_head(self) -> h11.Request | None:
         error: tuple[int, str] | None = None
         with anyio.move_on_after(self.limits.header_timeout) as scope:
+            self._waiting = scope
+            if self.control.draining:
+                self.close_if_idle()
             try:
                 event = await self.receive_event()
             except HeadersTooLarge as exc:
@@ -943,6 +1043,8 @@ class _ServerConnection(_Wire):
                 error = (400, f"malformed request: {exc}")
             except ConnectionClosedError:
                 return None
+            finally:
+                self._waiting = None
         if scope.cancelled_caught:
             if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
                 return None  # idle keep-alive connection: just close it
@@ -973,6 +1075,14 @@ class _ServerConnection(_Wire):
         responder = Responder(self, request.method)
         self.failure = None
         self.failure_status = None
+        control = self.control
+        control.active += 1
+        try:
+            return await self._run_handler(request, responder)
+        finally:
+            control.active -= 1
+
+    async def _run_handler(self, request: Request, responder: Responder) -> bool:
         try:
             await self.handler(request, responder)
         except Exception as exc:
@@ -1041,7 +1151,11 @@ class _ServerConnection(_Wire):
                 headers += [("content-length", str(len(body))), ("connection", "close")]
                 if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.broken:
                     await self.send_event(
-                        h11.Response(status_code=status, headers=_coerce_headers(headers))
+                        h11.Response(
+                            status_code=status,
+                            headers=_coerce_headers(headers),
+                            reason=_REASONS.get(status, b""),
+                        )
                     )
                     await self.send_event(h11.Data(data=body))
                     await self.send_event(h11.EndOfMessage())
@@ -1054,26 +1168,27 @@ _FRAMING: Final = ("content-length", "transfer-encoding", "connection")
 
 
 async def _serve_connection(
-    stream: anyio.abc.SocketStream,
     handler: Handler,
     limits: Limits,
     render_error: ErrorRenderer,
+    control: ServerControl,
+    stream: anyio.abc.SocketStream,
 ) -> None:
-    conn = _ServerConnection(stream, handler, limits, render_error)
+    conn = _ServerConnection(stream, handler, limits, render_error, control)
+    control._connections.add(conn)
     try:
         await conn.run()
     except Exception:
         _log.exception("connection from %s failed", conn.peer)
     finally:
+        control._connections.discard(conn)
         await _aclose_quietly(stream)
 
 
 async def _accept_loop(
     listener: anyio.abc.SocketListener,
     task_group: anyio.abc.TaskGroup,
-    handler: Handler,
-    limits: Limits,
-    render_error: ErrorRenderer,
+    serve_one: Callable[[anyio.abc.SocketStream], Coroutine[Any, Any, None]],
 ) -> None:
     while True:
         try:
@@ -1085,7 +1200,7 @@ async def _accept_loop(
             _log.warning("accept failed: %s", exc)
             await anyio.sleep(0.1)
             continue
-        task_group.start_soon(_serve_connection, stream, handler, limits, render_error)
+        task_group.start_soon(serve_one, stream)
 
 
 async def serve(
@@ -1095,9 +1210,10 @@ async def serve(
     port: int = 0,
     limits: Limits | None = None,
     error_response: ErrorRenderer | None = None,
+    control: ServerControl | None = None,
     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve HTTP/1.1 on ``host:port`` until cancelled.
+    """Serve HTTP/1.1 on ``host:port`` until cancelled, or drained through ``control``.
 
     Reports the bound ``(host, port)`` through ``task_status`` (use
     ``port=0`` and ``await task_group.start(...)`` to get a free port).
@@ -1105,6 +1221,7 @@ async def serve(
     """
     limits = limits if limits is not None else Limits()
     render_error = error_response if error_response is not None else default_error_response
+    control = control if control is not None else ServerControl()
     try:
         multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
     except OSError as exc:
@@ -1113,9 +1230,17 @@ async def serve(
         listeners = [lst for lst in multi.listeners if isinstance(lst, anyio.abc.SocketListener)]
         bound = listeners[0].extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
-        async with anyio.create_task_group() as task_group:
+        serve_one = functools.partial(_serve_connection, handler, limits, render_error, control)
+        async with anyio.create_task_group() as connections:
+            with anyio.CancelScope() as accepting:
+                control._accepting = accepting
+                if control.draining:
+                    accepting.cancel()
+                async with anyio.create_task_group() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(_accept_loop, listener, connections, serve_one)
+                    task_status.started((str(bound[0]), int(bound[1])))
+            # Draining: refuse new connections at once; the open ones finish.
+            control._accepting = None
             for listener in listeners:
-                task_group.start_soon(
-                    _accept_loop, listener, task_group, handler, limits, render_error
-                )
-            task_status.started((str(bound[0]), int(bound[1])))
+                await _aclose_quietly(listener)
