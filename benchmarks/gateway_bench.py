@@ -5,16 +5,19 @@ Run it from the repository (any machine, loopback only, free ports)::
     python benchmarks/gateway_bench.py [--duration 3] [--rounds 5] [--concurrency 1 32]
 
 It starts a simulated neuron (``token_latency`` 0, so the fake costs as little
-as possible and the gateway is what is measured) and a gateway in front of
-it, each in its own process, then drives the same non-streaming chat request
-at the neuron directly and through the gateway, at each concurrency, in the
-same run, alternating between the two paths. The load generator is a minimal
+as possible and the gateway is what is measured) and two gateways in front of
+it, each in its own process: ``gateway`` as ``serve`` runs by default (Prometheus
+metrics collected, one access log line per request, written to a file) and
+``gateway-bare`` with both off (``metrics = false``, ``access_log = false``).
+It drives the same non-streaming chat request at the neuron directly and
+through each gateway, at each concurrency, in the same run, rotating the order
+of the three paths. The load generator is a minimal
 keep-alive HTTP/1.1 client on asyncio (one connection per worker), so it
 costs little next to what it measures.
 
-Each row is measured ``--rounds`` times; in every round the direct and the
-gateway measurement run back to back (alternating which goes first), so the
-two ratios are taken per round and a noisy neighbour affects both sides of a
+Each row is measured ``--rounds`` times; in every round the three
+measurements run back to back (rotating which goes first), so the
+ratios are taken per round and a noisy neighbour affects both sides of a
 pair alike. The CPU time each process (load generator, neuron, gateway) spends
 per request is measured over the timed window of each round.
 
@@ -32,9 +35,11 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +72,7 @@ def _run_neuron() -> None:
     anyio.run(main)
 
 
-def _run_gateway(neuron_url: str) -> None:
+def _run_gateway(neuron_url: str, observe: str, access_log: str) -> None:
     import anyio
 
     from cortex_fsm import Catalogue, Neuron, Policy, Profile
@@ -81,6 +86,8 @@ def _run_gateway(neuron_url: str) -> None:
         policy=Policy(poll_interval=10.0),
         listen_host="127.0.0.1",
         listen_port=0,
+        metrics=observe == "on",
+        access_log=access_log if observe == "on" else None,
     )
     gateway = Gateway(config)
 
@@ -222,34 +229,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role[0] == "neuron":
             _run_neuron()
         else:
-            _run_gateway(args.role[1])
+            _run_gateway(*args.role[1:4])
         return 0
 
     neuron, neuron_port = _start("neuron")
-    gateway, gateway_port = _start("gateway", f"http://127.0.0.1:{neuron_port}")
-    pids = {"gateway": gateway.pid, "neuron": neuron.pid}
+    neuron_url = f"http://127.0.0.1:{neuron_port}"
+    workdir = tempfile.mkdtemp(prefix="gateway-bench-")
+    access_log = os.path.join(workdir, "access.jsonl")
+    gateway, gateway_port = _start("gateway", neuron_url, "on", access_log)
+    bare, bare_port = _start("gateway", neuron_url, "off", access_log)
     runs: dict[tuple[int, str], list[_Run]] = {}
     try:
         for concurrency in args.concurrency:
             for round_ in range(args.rounds):
-                # Both paths back to back, in alternating order (a pair per round).
-                paths = [("direct", neuron_port), ("gateway", gateway_port)]
-                for path, port in paths if round_ % 2 == 0 else paths[::-1]:
+                # The three paths back to back, in rotating order (a triple per round).
+                paths = [
+                    ("direct", neuron_port, gateway.pid),
+                    ("gateway", gateway_port, gateway.pid),
+                    ("gateway-bare", bare_port, bare.pid),
+                ]
+                shift = round_ % len(paths)
+                for path, port, pid in paths[shift:] + paths[:shift]:
+                    pids = {"gateway": pid, "neuron": neuron.pid}
                     run = _measure(port, concurrency, args.duration, pids)
                     runs.setdefault((concurrency, path), []).append(run)
     finally:
-        for proc in (gateway, neuron):
+        for proc in (gateway, bare, neuron):
             proc.terminate()
             proc.wait(timeout=10)
+        logged = os.path.getsize(access_log) if os.path.exists(access_log) else 0
+        shutil.rmtree(workdir, ignore_errors=True)
 
     print("## Gateway overhead (benchmarks/gateway_bench.py)\n")
     print(
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} CPUs; simulated neuron with token_latency 0; non-streaming chat "
         f"completions, one keep-alive connection per client; {args.rounds} rounds of "
-        f"{args.duration:g} s per row (direct and gateway back to back in each round, "
-        "alternating which goes first); medians of the rounds, CPU time per request "
-        "measured over the timed window of each round.\n"
+        f"{args.duration:g} s per row (direct, gateway and gateway-bare back to back in "
+        "each round, rotating which goes first); medians of the rounds, CPU time per "
+        "request measured over the timed window of each round. `gateway`: metrics "
+        "collected and an access log line per request (to a file; "
+        f"{logged / 1e6:.1f} MB written in the run); `gateway-bare`: both off.\n"
     )
     print(
         "| concurrency | path | requests/s | p50 ms | p99 ms | errors "
@@ -268,27 +288,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
     low, high = min(args.concurrency), max(args.concurrency)
-    added = [
-        g.p50 - d.p50 for d, g in zip(runs[(low, "direct")], runs[(low, "gateway")], strict=True)
-    ]
-    kept = [
-        g.rate / d.rate * 100
-        for d, g in zip(runs[(high, "direct")], runs[(high, "gateway")], strict=True)
-    ]
-    gateway_cpu = [r.cpu["gateway"] for r in runs[(high, "gateway")]]
-    if not any(math.isnan(x) for x in gateway_cpu):
+    for path in ("gateway", "gateway-bare"):
+        added = [
+            g.p50 - d.p50 for d, g in zip(runs[(low, "direct")], runs[(low, path)], strict=True)
+        ]
+        kept = [
+            g.rate / d.rate * 100
+            for d, g in zip(runs[(high, "direct")], runs[(high, path)], strict=True)
+        ]
+        gateway_cpu = [r.cpu["gateway"] for r in runs[(high, path)]]
+        print(f"`{path}`:\n")
+        if not any(math.isnan(x) for x in gateway_cpu):
+            print(
+                f"- **gateway CPU per request at concurrency {high}: "
+                f"{_spread(gateway_cpu, '.0f')} µs** (median, min-max of the rounds)"
+            )
         print(
-            f"- **gateway CPU per request at concurrency {high}: "
-            f"{_spread(gateway_cpu, '.0f')} µs** (median, min-max of the rounds)"
+            f"- added p50 latency at concurrency {low}: {_spread(added, '.3f')} ms "
+            "(target <= 1 ms; per round, gateway minus direct)"
         )
-    print(
-        f"- added p50 latency at concurrency {low}: {_spread(added, '.3f')} ms "
-        "(target <= 1 ms; per round, gateway minus direct)"
-    )
-    print(
-        f"- throughput kept at concurrency {high}: {_spread(kept, '.0f')} % of direct "
-        "(target >= 50%; per round, gateway / direct)"
-    )
+        print(
+            f"- throughput kept at concurrency {high}: {_spread(kept, '.0f')} % of direct "
+            "(target >= 50%; per round, gateway / direct)\n"
+        )
     busy = [r.busy for r in runs[(high, "gateway")]]
     print(
         f"- CPU in use in the gateway rows at concurrency {high}: {_spread(busy, '.2f')} "

@@ -188,6 +188,8 @@ class ScriptedNeuron:
         self.polls: dict[str, bytes] = {}
         self.flood_ended = anyio.Event()
         self.calls: list[tuple[str, str, bytes]] = []
+        self.headers: list[tuple[tuple[str, str], ...]] = []
+        """The headers of each call, in the order of ``calls``."""
         self.port: int | None = None
 
     @property
@@ -205,6 +207,7 @@ class ScriptedNeuron:
         body = await request.body()
         path = request.path
         self.calls.append((request.method, request.target, body))
+        self.headers.append(request.headers)
         if path in self.polls:
             await responder.respond(200, [("content-type", "application/json")], self.polls[path])
             return

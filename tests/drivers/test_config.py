@@ -227,3 +227,74 @@ def test_ignored_catalogue_keys_are_warned_about(
         f"cortex-fsm: warning: {models}: models[0].harnes: not a catalogue key, ignored",
     ]
     assert err[2].startswith("cortex-fsm: error: --record: ")
+
+
+def test_gateway_production_keys_and_auth(tmp_path: Path) -> None:
+    import hashlib
+
+    keys = tmp_path / "keys.txt"
+    hashed = hashlib.sha256(b"second-key").hexdigest()
+    keys.write_text(f"# operators\n\nfirst-key\n  sha256:{hashed.upper()}  \n")
+    path = write(
+        tmp_path,
+        "[gateway]\n"
+        'access_log = "logs/access.jsonl"\n'
+        "drain_timeout = 0\n"
+        "metrics = false\n"
+        "[auth]\n"
+        'keys_file = "keys.txt"\n'
+        "protect_metrics = true\n" + NEURONS,
+    )
+    config = load_config(path)
+    assert config.access_log == str(tmp_path / "logs" / "access.jsonl")
+    assert config.drain_timeout == 0.0
+    assert config.metrics is False
+    assert config.keys_file == str(keys)
+    assert config.api_keys == {
+        hashlib.sha256(b"first-key").digest(),
+        hashlib.sha256(b"second-key").digest(),
+    }
+    assert config.protect_metrics is True
+    assert "first-key" not in repr(config)
+    defaults = load_config(write(tmp_path, NEURONS, "plain.toml"))
+    assert (defaults.access_log, defaults.drain_timeout, defaults.metrics) == ("-", 30.0, True)
+    assert (defaults.api_keys, defaults.protect_metrics) == (frozenset(), False)
+    off = load_config(write(tmp_path, "[gateway]\naccess_log = false\n" + NEURONS, "off.toml"))
+    assert off.access_log is None
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "message"),
+    [
+        ("[gateway]\ndrain_timeout = -1\n", None, "[gateway] drain_timeout must be a number"),
+        ("[gateway]\naccess_log = true\n", None, "[gateway] access_log"),
+        ("[gateway]\nmetrics = 1\n", None, "[gateway] metrics must be true or false"),
+        ("[auth]\nkey_file = 'k'\n", None, "[auth] unknown key 'key_file'"),
+        ("[auth]\nprotect_metrics = 'yes'\n", None, "[auth] protect_metrics must be true"),
+        ("[auth]\nkeys_file = 'missing.txt'\n", None, "missing.txt: No such file"),
+        ("[auth]\nkeys_file = 'keys.txt'\n", "# nobody\n\n", "holds no key"),
+        ("[auth]\nkeys_file = 'keys.txt'\n", "ok\nsha256:abc\n", "keys.txt:2: a sha256: line"),
+        ("[auth]\nkeys_file = 'keys.txt'\n", "two words\n", "keys.txt:1: a key must not"),
+    ],
+)
+def test_production_key_errors_name_the_key(
+    tmp_path: Path, text: str, keys: str | None, message: str
+) -> None:
+    if keys is not None:
+        (tmp_path / "keys.txt").write_text(keys)
+    path = write(tmp_path, text + NEURONS)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert "two words" not in str(info.value)  # a key is never shown
+
+
+def test_keys_from_the_environment() -> None:
+    import hashlib
+
+    from cortex_fsm.drivers.config import keys_from_env
+
+    digest = hashlib.sha256(b"b").hexdigest()
+    keys = keys_from_env({"CORTEX_API_KEYS": f" a, sha256:{digest}\nc "})
+    assert keys == {hashlib.sha256(x).digest() for x in (b"a", b"b", b"c")}
+    assert keys_from_env({}) == frozenset()

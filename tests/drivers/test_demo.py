@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +28,12 @@ def test_demo_plays_the_incident(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(checks) == 7
     assert all(line.startswith("  [ok]") for line in checks), checks
     assert "replaying the recorded trace gives the same" in out
+    # a glimpse of the operator's view: /metrics and the access log
+    assert 'cortex_health_transitions_total{from="healthy",node="big",to="suspect"} 1.0' in out
+    assert 'cortex_requests_total{model="org/Big-70B",status="503"}' in out
+    access = out.split("access log (one JSON line per request; the last two)\n")[1]
+    lines = [json.loads(line) for line in access.splitlines()[:2]]
+    assert [line["path"] for line in lines] == ["/v1/chat/completions"] * 2
     with TraceReader(record) as trace:
         assert [n.name for n in trace.header.neurons] == ["big", "small-a", "small-b"]
         assert sum(1 for _ in trace) > 50

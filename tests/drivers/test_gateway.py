@@ -85,7 +85,14 @@ async def test_models_listing(anyio_backend: str) -> None:
         listing = resp.json()
         assert listing["object"] == "list"
         by_id = {m["id"]: m for m in listing["data"]}
-        assert set(by_id) == {BIG, SMALL, "extra/Loaded-1B"}
+        assert set(by_id) == {BIG, SMALL, "extra/Loaded-1B", "tier/large", "tier/small"}
+        assert [m["id"] for m in listing["data"]] == sorted(by_id)
+        # an alias is an entry of its own, in the OpenAI shape, naming its target
+        alias = by_id["tier/large"]
+        assert alias["object"] == "model"
+        assert alias["alias_of"] == BIG
+        assert alias["loaded"] is True
+        assert alias["locations"] == [{"node": "big", "status": "loaded"}]
         big = by_id[BIG]
         assert {"id", "object", "created", "owned_by"} <= set(big)
         assert big["object"] == "model"

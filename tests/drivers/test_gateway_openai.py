@@ -61,7 +61,7 @@ async def test_chat_completions_and_streaming(anyio_backend: str) -> None:
         completion = await client.completions.create(model="tier/large", prompt="hi", max_tokens=4)
         assert completion.choices[0].text
         models = await client.models.list()
-        assert {m.id for m in models.data} == {BIG, SMALL}
+        assert {m.id for m in models.data} == {BIG, SMALL, "tier/large", "tier/small"}
 
 
 async def test_outage_gives_503_with_retry_after_and_the_sdk_retry_succeeds(

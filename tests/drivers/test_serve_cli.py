@@ -74,10 +74,16 @@ def test_serve_records_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             _, err = gateway.communicate(timeout=10)
         assert gateway.returncode == 0, err
         assert "Traceback" not in err
-        transitions = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
-        assert transitions[0]["event"] == "health_transition"
+        lines = [json.loads(x) for x in err.splitlines()]  # every stderr line is JSON
+        assert all(line["ts"].endswith("Z") for line in lines)
+        transitions = [x for x in lines if x.get("event") == "health_transition"]
         assert (transitions[0]["from"], transitions[0]["to"]) == ("unknown", "healthy")
-        assert err.rstrip().endswith("cortex-fsm: gateway stopped")
+        access = [x for x in lines if "event" not in x]
+        assert [(x["path"], x["status"]) for x in access][-2:] == [
+            ("/v1/chat/completions", 200),
+            ("/v1/chat/completions", 404),
+        ]
+        assert lines[-1]["event"] == "stopped"
         with TraceReader(record) as trace:
             requests = [e for e in trace if isinstance(e, RequestEvent)]
         assert [r.model for r in requests] == ["org/M", "x/y"]

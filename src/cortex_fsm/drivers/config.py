@@ -15,6 +15,13 @@ Layout::
     client_timeout = 10.0              # a client's request head, and its body
     max_body_bytes = 8388608           # largest request body accepted (else 413)
     endpoint_cache = true              # remember resolved endpoints (see docs/gateway.md)
+    access_log = "-"                   # one JSON line per request: "-" stderr, a path, or false
+    drain_timeout = 30.0               # seconds in-flight requests get after SIGTERM/SIGINT
+    metrics = true                     # serve GET /metrics (Prometheus)
+
+    [auth]
+    keys_file = "api-keys.txt"         # one key (or sha256:<hex> of one) per line
+    protect_metrics = false            # true: /healthz, /readyz and /metrics need a key too
 
     [policy]
     failure_threshold = 3
@@ -33,6 +40,7 @@ too: a typo must never be silently ignored.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -53,13 +61,15 @@ __all__ = [
     "DEFAULT_LISTEN",
     "GatewayConfig",
     "config_from_mapping",
+    "keys_from_env",
     "load_config",
+    "parse_keys",
     "parse_listen",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:31313"
 
-_TOP_KEYS = ("gateway", "policy", "neurons", "models_config", "models", "aliases")
+_TOP_KEYS = ("gateway", "auth", "policy", "neurons", "models_config", "models", "aliases")
 _GATEWAY_SECONDS = {
     "poll_timeout": 5.0,
     "endpoint_timeout": 10.0,
@@ -67,7 +77,19 @@ _GATEWAY_SECONDS = {
     "request_timeout": 300.0,
     "client_timeout": 10.0,
 }
-_GATEWAY_KEYS = ("listen", *_GATEWAY_SECONDS, "max_body_bytes", "endpoint_cache")
+_GATEWAY_KEYS = (
+    "listen",
+    *_GATEWAY_SECONDS,
+    "max_body_bytes",
+    "endpoint_cache",
+    "access_log",
+    "drain_timeout",
+    "metrics",
+)
+_AUTH_KEYS = ("keys_file", "protect_metrics")
+_SHA256_PREFIX = "sha256:"
+KEYS_ENV = "CORTEX_API_KEYS"
+"""The environment variable holding API keys (comma- or whitespace-separated)."""
 _NEURON_KEYS = ("name", "endpoint")
 
 
@@ -87,6 +109,14 @@ class GatewayConfig:
     client_timeout: float = 10.0
     max_body_bytes: int = 8 * 1024 * 1024
     endpoint_cache: bool = True
+    access_log: str | None = "-"
+    """Where the access log goes: ``"-"`` standard error, a file path, or None (off)."""
+    drain_timeout: float = 30.0
+    metrics: bool = True
+    keys_file: str | None = None
+    api_keys: frozenset[bytes] = attrs.field(default=frozenset(), repr=False)
+    """SHA-256 digests of the accepted API keys (empty: no key needed)."""
+    protect_metrics: bool = False
     source: str = "<config>"
     """Where the configuration came from (for messages)."""
     ignored: tuple[str, ...] = attrs.field(default=(), eq=False)
@@ -248,9 +278,24 @@ def config_from_mapping(
         raise ConfigError(
             f"{where}: [gateway] max_body_bytes must be an integer >= 0, got {max_body!r}"
         )
-    cache = gateway.get("endpoint_cache", True)
-    if not isinstance(cache, bool):
-        raise ConfigError(f"{where}: [gateway] endpoint_cache must be true or false, got {cache!r}")
+    cache = _bool(gateway.get("endpoint_cache", True), f"{where}: [gateway] endpoint_cache")
+    metrics = _bool(gateway.get("metrics", True), f"{where}: [gateway] metrics")
+    access_log: str | None = "-"
+    raw_log = gateway.get("access_log", "-")
+    if raw_log is False:
+        access_log = None
+    elif raw_log != "-":
+        if raw_log is True:
+            raw_log = None  # not a path: the message below says what is
+        access_log = _path(
+            raw_log, f'{where}: [gateway] access_log ("-", a path or false)', base_dir
+        )
+    drain = gateway.get("drain_timeout", 30.0)
+    if isinstance(drain, bool) or not isinstance(drain, int | float) or not 0 <= drain < math.inf:
+        raise ConfigError(
+            f"{where}: [gateway] drain_timeout must be a number of seconds >= 0, got {drain!r}"
+        )
+    keys_file, api_keys, protect = _auth(data, where, base_dir)
     neurons = _neurons(data.get("neurons"), where)
     catalogue, ignored = _catalogue(data, where, base_dir)
     return GatewayConfig(
@@ -262,9 +307,92 @@ def config_from_mapping(
         listen_port=port,
         max_body_bytes=max_body,
         endpoint_cache=cache,
+        access_log=access_log,
+        drain_timeout=float(drain),
+        metrics=metrics,
+        keys_file=keys_file,
+        api_keys=api_keys,
+        protect_metrics=protect,
         source=where,
         **seconds,
     )
+
+
+def parse_keys(lines: Sequence[str], where: str) -> frozenset[bytes]:
+    """API keys, one per line (or ``sha256:<hex>``), as SHA-256 digests.
+
+    Blank lines and ``#`` comments are skipped. A key is never shown in an
+    error (only its line).
+    """
+    digests: set[bytes] = set()
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lower().startswith(_SHA256_PREFIX):
+            hexdigest = line[len(_SHA256_PREFIX) :].strip()
+            try:
+                digest = bytes.fromhex(hexdigest)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                raise ConfigError(
+                    f"{where}:{number}: a sha256: line must hold 64 hexadecimal digits"
+                )
+            digests.add(digest)
+        elif any(c.isspace() for c in line) or not line.isprintable():
+            raise ConfigError(
+                f"{where}:{number}: a key must not contain spaces or control characters"
+            )
+        else:
+            digests.add(hashlib.sha256(line.encode()).digest())
+    return frozenset(digests)
+
+
+def keys_from_env(environ: Mapping[str, str]) -> frozenset[bytes]:
+    """The keys in ``CORTEX_API_KEYS`` (separated by commas or white space), as digests."""
+    text = environ.get(KEYS_ENV, "")
+    items = [item for item in text.replace(",", " ").split() if item]
+    return parse_keys(items, KEYS_ENV)
+
+
+def _path(value: object, where: str, base_dir: Path | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a file path string, got {value!r}")
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return str(path)
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _auth(
+    data: Mapping[str, object], where: str, base_dir: Path | None
+) -> tuple[str | None, frozenset[bytes], bool]:
+    auth = _table(data, "auth", where)
+    _unknown(auth, _AUTH_KEYS, f"{where}: [auth] ")
+    protect = _bool(auth.get("protect_metrics", False), f"{where}: [auth] protect_metrics")
+    if "keys_file" not in auth:
+        return None, frozenset(), protect
+    keys_file = _path(auth["keys_file"], f"{where}: [auth] keys_file", base_dir)
+    try:
+        with open(keys_file, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{where}: [auth] keys_file: {keys_file}: {reason}") from None
+    keys = parse_keys(lines, keys_file)
+    if not keys:
+        raise ConfigError(
+            f"{where}: [auth] keys_file: {keys_file} holds no key "
+            "(a gateway that wants keys but knows none would refuse everyone)"
+        )
+    return keys_file, keys, protect
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -130,7 +130,9 @@ def _neuron_configs() -> list[FakeNeuronConfig]:
     ]
 
 
-def demo_config(neurons: dict[str, FakeNeuron], poll_interval: float) -> GatewayConfig:
+def demo_config(
+    neurons: dict[str, FakeNeuron], poll_interval: float, access_log: str | None = None
+) -> GatewayConfig:
     """The gateway configuration the demo runs (compressed timings)."""
     catalogue = Catalogue(
         profiles={
@@ -152,6 +154,7 @@ def demo_config(neurons: dict[str, FakeNeuron], poll_interval: float) -> Gateway
         load_timeout=5.0,
         request_timeout=1.0,
         client_timeout=5.0,
+        access_log=access_log,
         source="demo",
     )
 
@@ -171,7 +174,9 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
     async with anyio.create_task_group() as tg:
         for neuron in neurons.values():
             await tg.start(neuron.run)
-        config = demo_config(neurons, poll_interval)
+        fd, access_log = tempfile.mkstemp(prefix="cortex-demo-access-", suffix=".jsonl")
+        os.close(fd)
+        config = demo_config(neurons, poll_interval, access_log)
         gateway = Gateway(config, record=record)
         journal = gateway.journal
         timeline = _Timeline(out, journal.now)
@@ -239,7 +244,9 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
             await _wait_until(lambda: engine.state("big").phase is Phase.HEALTHY)
             await anyio.sleep(_PHASE)
             traffic.cancel_scope.cancel()
+        await _show_operator_view(out, gateway, access_log)
         tg.cancel_scope.cancel()
+    os.unlink(access_log)
     # The gateway has stopped: the recording is complete. Replay it.
     buffer = io.StringIO()
     replay(record, out=buffer)
@@ -247,6 +254,42 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
     _check(result)
     _report(out, result, record)
     return result
+
+
+_SHOWN_METRICS = (
+    "cortex_node_health{",
+    "cortex_health_transitions_total{",
+    "cortex_requests_total{",
+)
+
+
+async def _show_operator_view(out: IO[str], gateway: Gateway, access_log: str) -> None:
+    """A glimpse of what an operator sees: some ``/metrics`` lines, the access log's tail."""
+    try:
+        with anyio.fail_after(5):
+            async with HTTPClient() as client:
+                resp = await client.request("GET", gateway.url + "/metrics")
+    except (HTTPError, TimeoutError) as exc:
+        out.write(f"GET /metrics failed: {exc!r}\n")
+        return
+    lines = [
+        line
+        for line in resp.body.decode().splitlines()
+        if line.startswith(_SHOWN_METRICS)
+        and not line.endswith(" 0.0")
+        and 'from="unknown"' not in line
+    ]
+    out.write(f"\nGET {gateway.url}/metrics (Prometheus; some of its non-zero series)\n")
+    for line in lines:
+        out.write(f"  {line}\n")
+    if gateway.access_log is not None:
+        gateway.access_log.flush()
+    with open(access_log, encoding="utf-8") as fh:
+        tail = fh.read().splitlines()[-2:]
+    out.write("access log (one JSON line per request; the last two)\n")
+    for line in tail:
+        out.write(f"  {line}\n")
+    out.flush()
 
 
 def _intro(out: IO[str], neurons: dict[str, FakeNeuron], config: GatewayConfig) -> None:

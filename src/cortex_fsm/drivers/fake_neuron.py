@@ -19,7 +19,9 @@ without GPUs:
     200 ``{"status": "loaded", ...}`` after ``load_delay`` seconds (the model
     reads ``loading`` meanwhile); a model already ``loaded`` answers 200 with
     ``"message": "model already loaded"``; a malformed spec, or device
-    indices this neuron does not have, 400.
+    indices this neuron does not have, 400. With ``max_resident`` N, a load
+    that would make more than N models resident (``loaded``, ``reloading``
+    or ``loading``) is refused: 507 ``{"error": "out of memory"}``.
 ``POST /models/unload``
     ``{"model_id"}`` -> 200, the model becomes ``unloaded``; unknown -> 404.
 ``GET /models/{id}/endpoint``
@@ -36,6 +38,22 @@ without GPUs:
     spot (it reads ``reloading`` for ``load_delay`` seconds, then
     ``loaded``); anything else is a 404 OpenAI error envelope. A prompt longer
     than ``max_prompt_tokens`` words is a 400 ``context_length_exceeded``.
+``POST /v1/embeddings``
+    ``{"model", "input"}`` (a string, an array of strings or of token ids) ->
+    the OpenAI list of deterministic 8-dimensional unit vectors.
+``POST /v1/responses``
+    OpenAI's Responses API: ``{"model", "input", "instructions"?,
+    "max_output_tokens"?, "stream"?}`` -> a ``response`` object whose
+    ``output`` is one assistant message; streamed as typed events
+    (``response.created``, ``response.output_text.delta`` per token,
+    ``response.output_text.done``, ``response.completed``).
+``POST /v1/messages``
+    Anthropic's Messages API: ``{"model", "messages", "system"?,
+    "max_tokens"?, "stream"?}`` -> a ``message`` with one text block;
+    streamed as ``message_start``, ``content_block_start``,
+    ``content_block_delta`` per token, ``content_block_stop``,
+    ``message_delta``, ``message_stop``.
+    The same fake tokens, model states and reloads as chat.
 
 Every response carries ``x-neuron: {name}``.
 
@@ -181,6 +199,11 @@ class FakeNeuronConfig:
     """Seconds per generated token."""
     load_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     """Seconds a load (or a lazy reload) takes."""
+    max_resident: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    """At most this many models ``loaded`` at once: a ``POST /models/load`` that
+    would make more is refused with 507 ``{"error": "out of memory"}`` (None: no limit)."""
 
 
 # --------------------------------------------------------------------------
@@ -242,6 +265,27 @@ def _fake_tokens(neuron: str, model: str, prompt: str, limit: int) -> tuple[list
         word = _WORDS[int.from_bytes(digest, "big") % len(_WORDS)]
         pieces.append(word if i == 0 else " " + word)
     return pieces, "length" if natural > limit else "stop"
+
+
+def _limit(body: dict[str, Any], key: str) -> int:
+    """The output token limit ``body[key]`` (default 16), or a 400."""
+    limit = body.get(key)
+    if limit is None:
+        return _DEFAULT_MAX_TOKENS
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise _BadRequest(f"{key} must be an integer >= 0")
+    return limit
+
+
+_EMBEDDING_SIZE: Final = 8
+
+
+def _fake_vector(model: str, text: str) -> list[float]:
+    """A deterministic unit vector for ``text``."""
+    digest = hashlib.blake2s(f"{model}\0{text}".encode(), digest_size=_EMBEDDING_SIZE).digest()
+    raw = [b / 127.5 - 1.0 for b in digest]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [round(x / norm, 6) for x in raw]
 
 
 class _StartedRelay(anyio.abc.TaskStatus[tuple[str, int]]):
@@ -437,6 +481,9 @@ class FakeNeuron:
             "/models/unload": ("POST", self._unload),
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
+            "/v1/embeddings": ("POST", self._embeddings),
+            "/v1/responses": ("POST", self._responses),
+            "/v1/messages": ("POST", self._messages),
         }
         if path in routes:
             wanted, action = routes[path]
@@ -451,6 +498,12 @@ class FakeNeuron:
             raise _BadRequest(f"no route for {method} {path}", status=404, code="not_found")
 
     # -- neuron daemon API ------------------------------------------------------------
+
+    def _resident(self) -> int:
+        """Models taking memory now (``loaded``, ``reloading``, or on their way: ``loading``)."""
+        return sum(
+            1 for m in self._models.values() if m.status in ("loaded", "loading", "reloading")
+        )
 
     def _default_devices(self, count: int) -> list[int]:
         return list(range(min(count, self.config.gpus)))
@@ -587,6 +640,10 @@ class FakeNeuron:
                 {"status": "loaded", "model_id": model_id, "message": "model already loaded"},
             )
             return
+        limit = self.config.max_resident
+        if limit is not None and self._resident() >= limit:
+            await self._json(responder, 507, {"error": "out of memory"})
+            return
         if model is None:
             model = self._models[model_id] = _Model(model_id, "loading", chosen)
         model.status, model.devices, model.harness, model.quant = "loading", chosen, harness, quant
@@ -631,24 +688,174 @@ class FakeNeuron:
             raise _BadRequest("prompt is required")
         await self._infer(responder, body, _prompt_text(body["prompt"]), chat=False)
 
-    async def _infer(
-        self, responder: Responder, body: dict[str, Any], prompt: str, *, chat: bool
+    async def _embeddings(self, request: Request, responder: Responder) -> None:
+        body = await self._read_object(request)
+        raw = body.get("input")
+        if isinstance(raw, str) or (
+            isinstance(raw, list) and raw and all(type(t) is int for t in raw)
+        ):
+            inputs: list[object] = [raw]  # one string, or one array of token ids
+        elif isinstance(raw, list) and raw:
+            inputs = list(raw)
+        else:
+            raise _BadRequest("input must be a string or a non-empty array")
+        texts = [x if isinstance(x, str) else json.dumps(x) for x in inputs]
+        requested, model, tokens = await self._prepare(body, "\n".join(texts))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _fake_vector(model.id, text)}
+            for i, text in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await self._json(
+            responder, 200, {"object": "list", "data": data, "model": requested, "usage": usage}
+        )
+
+    async def _responses(self, request: Request, responder: Responder) -> None:
+        """OpenAI's Responses API: ``input`` (a string or message items) -> ``output``."""
+        body = await self._read_object(request)
+        if "input" not in body:
+            raise _BadRequest("input is required")
+        prompt = _prompt_text(body["input"])
+        if isinstance(body.get("instructions"), str):
+            prompt = body["instructions"] + "\n" + prompt
+        limit = _limit(body, "max_output_tokens")
+        requested, model, tokens = await self._prepare(body, prompt)
+        pieces, finish = _fake_tokens(self.name, model.id, prompt, limit)
+        self._sequence += 1
+        response_id = f"resp_{self.name}_{self._sequence}"
+        item_id = f"msg_{self.name}_{self._sequence}"
+        text = "".join(pieces)
+        complete = finish == "stop"
+
+        def response(done: bool, output: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "id": response_id,
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": ("completed" if complete else "incomplete") if done else "in_progress",
+                "model": requested,
+                "output": output,
+                "incomplete_details": None
+                if complete or not done
+                else {"reason": "max_output_tokens"},
+                "usage": {
+                    "input_tokens": tokens,
+                    "output_tokens": len(pieces),
+                    "total_tokens": tokens + len(pieces),
+                }
+                if done
+                else None,
+            }
+
+        message = {
+            "type": "message",
+            "id": item_id,
+            "status": "completed" if complete else "incomplete",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        final = response(True, [message])
+        model.in_flight += 1
+        try:
+            if body.get("stream") is not True:
+                await self._pause(len(pieces))
+                await self._json(responder, 200, final)
+                return
+            where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+            events: list[tuple[str, dict[str, Any]]] = [
+                ("response.created", {"response": response(False, [])}),
+                *[("response.output_text.delta", {**where, "delta": p}) for p in pieces],
+                ("response.output_text.done", {**where, "text": text}),
+                ("response.completed" if complete else "response.incomplete", {"response": final}),
+            ]
+            await self._events(responder, events, paced=len(pieces))
+        finally:
+            model.in_flight -= 1
+
+    async def _messages(self, request: Request, responder: Responder) -> None:
+        """Anthropic's Messages API (``/v1/messages``), plain and streamed."""
+        body = await self._read_object(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise _BadRequest("messages must be a list of objects")
+        prompt = "\n".join(_prompt_text(m.get("content")) for m in messages)
+        if "system" in body:
+            prompt = _prompt_text(body["system"]) + "\n" + prompt
+        limit = _limit(body, "max_tokens")
+        requested, model, tokens = await self._prepare(body, prompt)
+        pieces, finish = _fake_tokens(self.name, model.id, prompt, limit)
+        self._sequence += 1
+        stop = "end_turn" if finish == "stop" else "max_tokens"
+        message: dict[str, Any] = {
+            "id": f"msg_{self.name}_{self._sequence}",
+            "type": "message",
+            "role": "assistant",
+            "model": requested,
+            "content": [{"type": "text", "text": "".join(pieces)}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": tokens, "output_tokens": len(pieces)},
+        }
+        model.in_flight += 1
+        try:
+            if body.get("stream") is not True:
+                await self._pause(len(pieces))
+                await self._json(responder, 200, message)
+                return
+            start = {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": tokens, "output_tokens": 0},
+            }
+            block = {"type": "text", "text": ""}
+            events: list[tuple[str, dict[str, Any]]] = [
+                ("message_start", {"message": start}),
+                ("content_block_start", {"index": 0, "content_block": block}),
+                *[
+                    (
+                        "content_block_delta",
+                        {"index": 0, "delta": {"type": "text_delta", "text": p}},
+                    )
+                    for p in pieces
+                ],
+                ("content_block_stop", {"index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "delta": {"stop_reason": stop, "stop_sequence": None},
+                        "usage": {"output_tokens": len(pieces)},
+                    },
+                ),
+                ("message_stop", {}),
+            ]
+            await self._events(responder, events, paced=len(pieces))
+        finally:
+            model.in_flight -= 1
+
+    async def _pause(self, tokens: int) -> None:
+        if self.config.token_latency > 0 and tokens:
+            await anyio.sleep(self.config.token_latency * tokens)
+
+    async def _events(
+        self, responder: Responder, events: Sequence[tuple[str, dict[str, Any]]], *, paced: int
     ) -> None:
-        requested = body.get("model")
-        if not isinstance(requested, str) or not requested:
-            raise _BadRequest("model must be a non-empty string")
-        limit = body.get("max_tokens", body.get("max_completion_tokens"))
-        if limit is None:
-            limit = _DEFAULT_MAX_TOKENS
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise _BadRequest("max_tokens must be an integer >= 0")
-        prompt_tokens = len(prompt.split())
-        max_prompt = self.config.max_prompt_tokens
-        if max_prompt and prompt_tokens > max_prompt:
-            raise _BadRequest(
-                f"prompt has {prompt_tokens} tokens, more than {max_prompt}",
-                code="context_length_exceeded",
-            )
+        """A typed event stream: ``event: NAME`` and ``data: {"type": NAME, ...}`` per event.
+
+        Events 2 .. ``paced`` + 1 carry tokens: each comes ``token_latency`` after
+        the one before.
+        """
+        headers = [*self._headers("text/event-stream"), ("cache-control", "no-cache")]
+        await responder.start(200, headers)
+        for i, (name, payload) in enumerate(events):
+            if 2 <= i <= paced + 1 and self.config.token_latency > 0:
+                await anyio.sleep(self.config.token_latency)
+            data = json.dumps({"type": name, **payload})
+            await responder.send(f"event: {name}\ndata: {data}\n\n".encode())
+        await responder.end()
+
+    async def _serving(self, requested: str) -> _Model:
+        """The model if it serves here (an ``unloaded`` one is reloaded first), else a 404."""
         model = self._models.get(self._resolve(requested))
         if model is not None and model.status == "unloaded":
             model.status = "reloading"
@@ -663,6 +870,31 @@ class FakeNeuron:
                 status=404,
                 code="model_not_found",
             )
+        return model
+
+    async def _prepare(self, body: dict[str, Any], prompt: str) -> tuple[str, _Model, int]:
+        """``(requested id, the serving model, prompt tokens)`` of an inference request."""
+        requested = body.get("model")
+        if not isinstance(requested, str) or not requested:
+            raise _BadRequest("model must be a non-empty string")
+        prompt_tokens = len(prompt.split())
+        max_prompt = self.config.max_prompt_tokens
+        if max_prompt and prompt_tokens > max_prompt:
+            raise _BadRequest(
+                f"prompt has {prompt_tokens} tokens, more than {max_prompt}",
+                code="context_length_exceeded",
+            )
+        return requested, await self._serving(requested), prompt_tokens
+
+    async def _infer(
+        self, responder: Responder, body: dict[str, Any], prompt: str, *, chat: bool
+    ) -> None:
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        if limit is None:
+            limit = _DEFAULT_MAX_TOKENS
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise _BadRequest("max_tokens must be an integer >= 0")
+        requested, model, prompt_tokens = await self._prepare(body, prompt)
 
         pieces, finish = _fake_tokens(self.name, model.id, prompt, limit)
         self._sequence += 1
@@ -873,6 +1105,14 @@ def add_fake_neuron_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated time per generated token (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-resident",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="at most N models loaded at once: a load beyond is refused with 507 "
+        "out of memory (default: no limit)",
+    )
+    parser.add_argument(
         "--load-delay",
         type=_seconds,
         default=0.0,
@@ -902,6 +1142,7 @@ def fake_neuron_main(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens,
             token_latency=args.token_latency,
             load_delay=args.load_delay,
+            max_resident=args.max_resident,
         )
     except (TypeError, ValueError) as exc:
         print(f"cortex-fsm fake-neuron: error: {exc}", file=sys.stderr)

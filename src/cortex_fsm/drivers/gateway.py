@@ -10,9 +10,18 @@ never here.
 
 Endpoints::
 
-    POST /v1/chat/completions, POST /v1/completions   routed to a neuron
-    GET  /v1/models                                   catalogue + loaded models
+    POST /v1/chat/completions, /v1/completions,       routed to a neuron by the
+         /v1/embeddings, /v1/responses, /v1/messages  body's "model"
+    GET  /v1/models                                   catalogue, aliases + loaded models
     GET  /health                                      per node health, overall ok/degraded
+    GET  /healthz                                     200 while the process serves
+    GET  /readyz                                      200 when a node is routable, else 503
+    GET  /metrics                                     Prometheus text
+
+With API keys configured, every endpoint but the three probes needs one
+(``Authorization: Bearer KEY`` or ``x-api-key: KEY``); the key is checked
+against SHA-256 digests in constant time and never forwarded. Every request
+but a probe gets one access log line (:class:`~cortex_fsm.drivers.logs.AccessLog`).
 
 Every answer to an inference request carries ``x-cortex-request`` (the id in
 the recording), ``x-cortex-outcome`` (the engine's outcome, or the I/O
@@ -27,6 +36,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -34,7 +46,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -42,7 +54,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..catalogue import feasible
+from ..catalogue import LoadSpec, feasible
 from ..engine import Engine
 from ..errors import (
     REJECTS,
@@ -57,20 +69,24 @@ from ..errors import (
 )
 from ..fleet import ModelStatus
 from ..routing import Decision
-from ..trace import TraceWriter, output_problem
+from ..trace import ModelsEvent, TraceWriter, output_problem
 from ..wire import load_json
-from .config import GatewayConfig, load_config, parse_listen
+from .config import GatewayConfig, keys_from_env, load_config, parse_listen
 from .http import (
     HTTPClient,
     HTTPError,
     Limits,
     Request,
     Responder,
+    ServerControl,
     StreamingResponse,
     default_error_response,
     serve,
 )
 from .journal import Journal
+from .logs import FLUSH_INTERVAL, LOG_FORMATS, AccessLog
+from .logs import configure_logging as _configure_logging
+from .metrics import CONTENT_TYPE, NO_OUTCOME, GatewayMetrics
 from .neuron_client import NeuronClient, NeuronError, transport_reason
 from .poller import Poller
 
@@ -86,12 +102,21 @@ __all__ = [
 _log = logging.getLogger("cortex_fsm.gateway")
 
 _JSON_TYPE: Final = ("content-type", "application/json")
-_INFERENCE: Final = ("/v1/chat/completions", "/v1/completions")
+_INFERENCE: Final = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+_PROBES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 _ROUTES: Final = {
-    "/v1/chat/completions": "POST",
-    "/v1/completions": "POST",
+    **dict.fromkeys(sorted(_INFERENCE), "POST"),
     "/v1/models": "GET",
     "/health": "GET",
+    **dict.fromkeys(sorted(_PROBES), "GET"),
 }
 # Not relayed from the neuron's answer: hop-by-hop and framing headers (we frame
 # the relayed body ourselves), and our own headers.
@@ -110,7 +135,14 @@ _NOT_RELAYED: Final = frozenset(
         "x-cortex-request",
     }
 )
-_FORWARDED_REQUEST_HEADERS: Final = ("accept", "x-request-id")
+#: Client headers passed on to the neuron (never ``authorization`` or ``x-api-key``:
+#: the client's key is this gateway's business; per-neuron headers are configured).
+_FORWARDED_REQUEST_HEADERS: Final = (
+    "accept",
+    "x-request-id",
+    "anthropic-version",
+    "anthropic-beta",
+)
 #: Forwarded requests carry the tokens of the gateways they passed through, so
 #: a neuron endpoint that leads back to a gateway already on the path (or a
 #: chain longer than this) is answered 508 instead of looping.
@@ -132,6 +164,41 @@ class _PendingLoad:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     finished: bool = False
     error: NeuronError | None = None
+
+
+@attrs.define(eq=False)
+class _Exchange:
+    """One client request, as the access log and the metrics see it."""
+
+    started: float
+    """``time.perf_counter()`` when the request head had arrived."""
+    wall: float
+    """``time.time()`` at the same moment."""
+    decision: Decision | None = None
+    """The latest decision made for it."""
+    request_id: str | None = None
+    decisions: int = 0
+
+
+#: The exchange of the request the current task is serving (set in ``handle``):
+#: the journal's decision listener files each decision under it.
+_EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
+    "cortex_exchange", default=None
+)
+
+
+class _Journal(Journal):
+    """The journal, telling the gateway of every event it applies (for the metrics)."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float]) -> None:
+        super().__init__(engine, clock=clock)
+        self.event_listeners: list[Callable[[Any, object], None]] = []
+
+    def apply(self, event: Any) -> Any:
+        result = super().apply(event)
+        for listener in self.event_listeners:
+            listener(event, result)
+        return result
 
 
 class _Failed(Exception):
@@ -157,7 +224,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.engine = Engine(config.neurons, config.catalogue, config.policy)
-        self.journal = Journal(self.engine, clock=clock)
+        self.journal = _Journal(self.engine, clock=clock)
         self.record_path = None if record is None else os.fspath(record)
         self._recorder = recorder
         self._owned: TraceWriter | None = None
@@ -175,6 +242,18 @@ class Gateway:
             max_body_bytes=config.max_body_bytes, header_timeout=config.client_timeout
         )
         self.client_limits = Limits(max_keepalive_per_host=256)
+        self.server = ServerControl()
+        """Drains the HTTP server (see :meth:`drain`)."""
+        self._live: set[_Exchange] = set()
+        self.metrics: GatewayMetrics | None = None
+        """The Prometheus metrics (None with ``[gateway] metrics = false``: not collected)."""
+        self.access_log: AccessLog | None = None
+        """Open while running, when the configuration asks for an access log."""
+        self.journal.decision_listeners.append(self._on_decision)
+        if config.metrics:
+            self.metrics = GatewayMetrics(lambda: self.engine, self._in_flight)
+            self.journal.transition_listeners.append(self.metrics.on_transition)
+            self.journal.event_listeners.append(self._on_event)
 
     @property
     def url(self) -> str:
@@ -197,6 +276,9 @@ class Gateway:
         :class:`~cortex_fsm.trace.TraceWriter` (which its owner closes). The
         ``record`` file is created once the gateway listens: a gateway that
         cannot start leaves an earlier recording of that name alone.
+
+        It also returns, normally, once :meth:`drain` has let every request
+        in flight finish.
         """
         try:
             async with HTTPClient(limits=self.client_limits) as http:
@@ -209,17 +291,9 @@ class Gateway:
                     interval=self.config.policy.poll_interval,
                     timeout=self.config.poll_timeout,
                 )
+                self._open_access_log()
                 async with anyio.create_task_group() as tg:
-                    self.address = await tg.start(
-                        partial(
-                            serve,
-                            self.handle,
-                            host=self.config.listen_host,
-                            port=self.config.listen_port,
-                            limits=self.server_limits,
-                            error_response=default_error_response,
-                        )
-                    )
+                    self.address = await tg.start(self._serve, tg.cancel_scope)
                     # No await between here and the poller's start: nothing is
                     # observed or routed before the recording is open.
                     if self.record_path is not None:
@@ -228,9 +302,41 @@ class Gateway:
                     else:
                         self.journal.recorder = self._recorder
                     tg.start_soon(self.poller.run, name="poller")
+                    tg.start_soon(self._flush_access_log, name="access log")
                     task_status.started(self.address)
         finally:
             self.close_recording()
+            if self.access_log is not None:
+                self.access_log.close()
+                self.access_log = None
+
+    async def _serve(
+        self,
+        everything: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await serve(
+            self.handle,
+            host=self.config.listen_host,
+            port=self.config.listen_port,
+            limits=self.server_limits,
+            error_response=default_error_response,
+            control=self.server,
+            task_status=task_status,
+        )
+        everything.cancel()  # drained: stop polling too
+
+    async def _flush_access_log(self) -> None:
+        while True:
+            await anyio.sleep(FLUSH_INTERVAL)
+            if self.access_log is not None:
+                self.access_log.flush()
+
+    def _open_access_log(self) -> None:
+        where = self.config.access_log
+        if where is not None:
+            self.access_log = AccessLog(None if where == "-" else where)
 
     def close_recording(self) -> None:
         """Stop recording; complete the ``record`` file (idempotent)."""
@@ -239,11 +345,235 @@ class Gateway:
         if owned is not None:
             owned.close()
 
+    @property
+    def draining(self) -> bool:
+        return self.server.draining
+
+    def drain(self) -> None:
+        """Stop accepting connections; :meth:`run` returns when requests in flight are done."""
+        if not self.server.draining:
+            _log.info(
+                json.dumps(
+                    {
+                        "event": "draining",
+                        "in_flight": self.server.active,
+                        "connections": self.server.connections,
+                        "timeout_s": self.config.drain_timeout,
+                    }
+                )
+            )
+        self.server.drain()
+
+    def reload(self, new: GatewayConfig) -> list[str]:
+        """Apply a newly read configuration without dropping a connection.
+
+        Returns (and logs, as one ``reloaded`` line) what changed. ``listen``
+        cannot change without a restart (the socket is bound), nor can the
+        server's own limits (``max_body_bytes``, ``client_timeout``); those
+        are kept as they were and named in the log line. The access log is
+        opened again in any case (so SIGHUP after a log rotation is enough).
+        """
+        old = self.config
+        kept: list[str] = []
+        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
+            kept.append("listen")
+            new = attrs.evolve(new, listen_host=old.listen_host, listen_port=old.listen_port)
+        if (new.max_body_bytes, new.client_timeout) != (old.max_body_bytes, old.client_timeout):
+            kept += [
+                key
+                for key in ("max_body_bytes", "client_timeout")
+                if getattr(new, key) != getattr(old, key)
+            ]
+            new = attrs.evolve(
+                new, max_body_bytes=old.max_body_bytes, client_timeout=old.client_timeout
+            )
+        if new.metrics != old.metrics:
+            kept.append("metrics")
+            new = attrs.evolve(new, metrics=old.metrics)
+        for key in ("neurons", "catalogue", "policy"):
+            if getattr(new, key) != getattr(old, key):
+                kept.append(key)
+        new = attrs.evolve(new, neurons=old.neurons, catalogue=old.catalogue, policy=old.policy)
+        changed = [
+            field.name
+            for field in attrs.fields(GatewayConfig)
+            if field.eq
+            and field.name not in ("source", "api_keys")
+            and getattr(new, field.name) != getattr(old, field.name)
+        ]
+        if new.api_keys != old.api_keys:
+            changed.append("api_keys")
+        self.config = new
+        if self.poller is not None:
+            self.poller.timeout = new.poll_timeout
+        if not new.endpoint_cache:
+            self._endpoint_cache.clear()
+        self._reopen_access_log(old.access_log)
+        if self.metrics is not None:
+            self.metrics.on_reload(applied=True)
+        _log.info(
+            json.dumps(
+                {
+                    "event": "reloaded",
+                    "config": new.source,
+                    "changed": changed,
+                    "not_applied": kept,
+                    "api_keys": len(new.api_keys),
+                }
+            )
+        )
+        return changed
+
+    def _reopen_access_log(self, before: str | None) -> None:
+        if self.address is None:
+            return  # not running: run() opens it
+        where = self.config.access_log
+        try:
+            if where == before and self.access_log is not None:
+                self.access_log.reopen()
+                return
+            old, self.access_log = self.access_log, None
+            self._open_access_log()
+        except OSError as exc:
+            _log.error(json.dumps({"event": "access_log_failed", "path": where, "error": str(exc)}))
+            return
+        if old is not None:
+            old.close()
+
+    # -- observing (metrics, access log) ----------------------------------------------------
+
+    def _on_decision(self, request_id: str, t: float, decision: Decision) -> None:
+        if self.metrics is not None:
+            self.metrics.on_decision(decision)
+        exchange = _EXCHANGE.get()
+        if exchange is not None:
+            exchange.request_id = request_id
+            exchange.decision = decision
+            exchange.decisions += 1
+
+    def _on_event(self, event: object, result: object) -> None:
+        if isinstance(event, ModelsEvent) and self.metrics is not None:
+            self.metrics.on_poll(
+                event.node, event.ok and self.engine.status(event.node).consecutive_failures == 0
+            )
+
+    def _in_flight(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for exchange in self._live:
+            decision = exchange.decision
+            if decision is not None and decision.node is not None:
+                counts[decision.node] = counts.get(decision.node, 0) + 1
+        return counts
+
     # -- HTTP -----------------------------------------------------------------------------
 
     async def handle(self, request: Request, responder: Responder) -> None:
-        """The HTTP handler."""
+        """The HTTP handler: probes, else the access log around :meth:`_handle`."""
         path = request.path
+        if path in _PROBES:
+            if not self.config.protect_metrics or self._authorized(request):
+                await self._probe(request, responder, path)
+            else:
+                await _unauthorized(responder)
+            return
+        exchange = _Exchange(time.perf_counter(), time.time())
+        token = _EXCHANGE.set(exchange)
+        live = self._live
+        live.add(exchange)
+        try:
+            if not self.config.api_keys or self._authorized(request):
+                await self._handle(request, responder, path)
+            else:
+                await _unauthorized(responder)
+        finally:
+            live.discard(exchange)
+            _EXCHANGE.reset(token)
+            self._finish(exchange, request, responder, path)
+
+    def _authorized(self, request: Request) -> bool:
+        """Does the request carry one of the configured keys? (constant time per key)"""
+        presented = request.header("authorization")
+        if presented is not None:
+            scheme, _, presented = presented.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                presented = None
+        if presented is None:
+            presented = request.header("x-api-key")
+        if not presented:
+            return False
+        digest = hashlib.sha256(presented.strip().encode("utf-8", "surrogateescape")).digest()
+        matched = False
+        for known in self.config.api_keys:  # no early exit: every key is compared
+            matched |= hmac.compare_digest(known, digest)
+        return matched
+
+    def _finish(
+        self, exchange: _Exchange, request: Request, responder: Responder, path: str
+    ) -> None:
+        """The request is over: count it and write its access log line."""
+        seconds = time.perf_counter() - exchange.started
+        status = responder.status if responder.started else request.error_status
+        decision = exchange.decision
+        outcome: str | None = None
+        node: str | None = None
+        if decision is not None:
+            outcome, node = _final_tags(responder.headers, decision)
+        metrics = self.metrics
+        if metrics is not None and path in _INFERENCE:
+            if status is not None:
+                metrics.on_request(
+                    metrics.model_label(decision), status, outcome or NO_OUTCOME, seconds
+                )
+            if node is not None and outcome is not None:
+                metrics.on_attempt(node, _ATTEMPT_RESULT.get(outcome, "ok"))
+        log = self.access_log
+        if log is not None:
+            peer = request.peer
+            log.write(
+                exchange.wall,
+                exchange.request_id,
+                None if peer is None else peer[0],
+                request.method,
+                path,
+                None if decision is None else decision.requested,
+                None if decision is None else decision.model,
+                outcome,
+                node,
+                status,
+                exchange.decisions,
+                seconds,
+                responder.bytes_sent,
+            )
+
+    async def _probe(self, request: Request, responder: Responder, path: str) -> None:
+        if request.method not in ("GET", "HEAD"):
+            await _reply(
+                responder,
+                405,
+                _envelope(f"Use GET for {path}", "invalid_request_error", "method_not_allowed"),
+                [("allow", "GET, HEAD")],
+            )
+        elif path == "/healthz":
+            await _reply(responder, 200, b'{"status": "ok"}')
+        elif path == "/readyz":
+            routable = [n for n, state in self.engine.states().items() if state.routable]
+            ready = bool(routable) and not self.draining
+            body = {
+                "status": "ready" if ready else "not ready",
+                "routable": routable,
+                "draining": self.draining,
+            }
+            await _reply(responder, 200 if ready else 503, json.dumps(body).encode())
+        elif self.metrics is not None:
+            with contextlib.suppress(HTTPError):
+                await responder.respond(
+                    200, [("content-type", CONTENT_TYPE)], self.metrics.render()
+                )
+        else:
+            message = "metrics are off ([gateway] metrics = false)"
+            await _reply(responder, 404, _envelope(message, "invalid_request_error", "not_found"))
+
+    async def _handle(self, request: Request, responder: Responder, path: str) -> None:
         method = _ROUTES.get(path)
         if method is None:
             await _reply(
@@ -381,13 +711,7 @@ class Gateway:
         if pending is None:
             pending = self._loads[key] = _PendingLoad()
             try:
-                try:
-                    with anyio.fail_after(self.config.load_timeout):
-                        await self._neurons.load(endpoint, decision.load)
-                except TimeoutError:
-                    pending.error = NeuronError(IOCause.TRANSPORT, "timeout")
-                except NeuronError as exc:
-                    pending.error = exc
+                pending.error = await self._load_evicting(node, endpoint, decision)
                 self.journal.load(node, decision.model, ok=pending.error is None)
                 pending.finished = True
             finally:
@@ -399,6 +723,56 @@ class Gateway:
             raise _Failed(IOPhase.LOAD, IOCause.TRANSPORT, "the load was interrupted")
         if pending.error is not None:
             raise _Failed(IOPhase.LOAD, pending.error.cause, pending.error.detail)
+
+    async def _load_once(self, endpoint: str, spec: LoadSpec) -> NeuronError | None:
+        assert self._neurons is not None
+        try:
+            with anyio.fail_after(self.config.load_timeout):
+                await self._neurons.load(endpoint, spec)
+        except TimeoutError:
+            return NeuronError(IOCause.TRANSPORT, "timeout")
+        except NeuronError as exc:
+            return exc
+        return None
+
+    async def _load_evicting(
+        self, node: str, endpoint: str, decision: Decision
+    ) -> NeuronError | None:
+        """Load; if the neuron is out of memory, evict by LRU (semantics §5) and load once more.
+
+        The victim is the engine's :meth:`~cortex_fsm.engine.Engine.eviction_candidate`
+        (loaded, not pinned on ``node``, accessed longest ago); its unload is
+        recorded. With no candidate, or a failed unload, the first refusal stands.
+        """
+        assert decision.load is not None and self._neurons is not None
+        error = await self._load_once(endpoint, decision.load)
+        if error is None or not _out_of_memory(error):
+            return error
+        victim = self.engine.eviction_candidate(node)
+        event: dict[str, object] = {
+            "event": "eviction",
+            "node": node,
+            "model": decision.model,
+            "victim": victim,
+        }
+        if victim is None:
+            _log.warning(json.dumps(event | {"result": "no_candidate", "reason": error.detail}))
+            return error
+        try:
+            with anyio.fail_after(self.config.load_timeout):
+                await self._neurons.unload(endpoint, victim)
+        except (TimeoutError, NeuronError) as exc:
+            reason = str(exc) or "timeout"
+            self.journal.unload(node, victim, ok=False)
+            if self.metrics is not None:
+                self.metrics.on_eviction(node, ok=False)
+            _log.warning(json.dumps(event | {"result": "unload_failed", "reason": reason}))
+            return error
+        self.journal.unload(node, victim, ok=True)
+        if self.metrics is not None:
+            self.metrics.on_eviction(node, ok=True)
+        _log.info(json.dumps(event | {"result": "evicted"}))
+        return await self._load_once(endpoint, decision.load)
 
     async def _resolve(self, node: str, endpoint: str, model: str) -> str:
         """The model's inference base URL on ``node`` (cached while its model map is unchanged)."""
@@ -610,7 +984,7 @@ class Gateway:
         aliases: dict[str, list[str]] = {}
         for alias, target in sorted(catalogue.aliases.items()):
             aliases.setdefault(target, []).append(alias)
-        data = []
+        data: list[dict[str, object]] = []
         for model in sorted(ids):
             profile = catalogue.profile(model)
             holders = [n for n in snapshot.nodes if model in n.models]
@@ -632,6 +1006,23 @@ class Gateway:
                     "aliases": aliases.get(model, []),
                 }
             )
+        # Each alias is a model a client can ask for: an entry of its own, naming its target.
+        by_id = {entry["id"]: entry for entry in data}
+        for alias, target in catalogue.aliases.items():
+            if alias in by_id:
+                continue  # already listed under that name
+            entry = {
+                "id": alias,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "cortex-fsm",
+                "alias_of": target,
+            }
+            target_entry = by_id.get(target)
+            for key in ("loaded", "feasible_on", "locations"):
+                entry[key] = target_entry[key] if target_entry is not None else _EMPTY[key]
+            data.append(entry)
+        data.sort(key=lambda entry: str(entry["id"]))
         return {"object": "list", "data": data}
 
     def health_report(self) -> dict[str, object]:
@@ -663,6 +1054,55 @@ class Gateway:
             "policy": self.engine.policy.to_json(),
             "nodes": nodes,
         }
+
+
+#: The upstream attempt result of a request's final outcome (routing outcomes: "ok").
+_ATTEMPT_RESULT: Final = {
+    Outcome.UPSTREAM_UNAVAILABLE.value: "failed",
+    Outcome.COLD_LOAD_FAILED.value: "error",
+    Outcome.ENDPOINT_RESOLVE_FAILED.value: "error",
+}
+
+
+def _final_tags(
+    headers: Sequence[tuple[str, str]], decision: Decision
+) -> tuple[str | None, str | None]:
+    """``(outcome, node)`` as the client was told (``x-cortex-*``), else the decision's."""
+    outcome: str | None = None
+    node: str | None = None
+    for name, value in reversed(headers):  # our tags are the last headers
+        if name == "x-cortex-outcome":
+            outcome = value
+        elif name == "x-cortex-node":
+            node = value
+        elif name == "x-cortex-request":
+            return outcome, node
+    return decision.outcome.value, decision.node
+
+
+async def _unauthorized(responder: Responder) -> None:
+    body = _envelope(
+        "Invalid or missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    await _reply(responder, 401, body, [("www-authenticate", 'Bearer realm="cortex-fsm"')])
+
+
+_EMPTY: Final[Mapping[str, object]] = {"loaded": False, "feasible_on": [], "locations": []}
+
+
+_OUT_OF_MEMORY: Final = "out of memory"
+
+
+def _out_of_memory(error: NeuronError) -> bool:
+    """Was a load refused for lack of memory (HTTP 507, or an answer saying so)?"""
+    if error.status is None:
+        return False
+    if error.status == 507:
+        return True
+    _, _, answer = error.detail.partition(f"answered {error.status}: ")
+    return _OUT_OF_MEMORY in answer.lower()
 
 
 def _hops(value: str | None) -> list[str]:
@@ -707,28 +1147,76 @@ async def _reply(
 _PROG = "cortex-fsm"
 
 
-def configure_logging(level: str = "info") -> None:
-    """Log lines (health transitions, upstream failures) go to stderr, one per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("cortex_fsm")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Log lines (transitions, upstream failures, ...) go to stderr, one per line, with a ``ts``."""
+    _configure_logging(level, fmt)
+
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 async def run_gateway(
-    gateway: Gateway, *, on_started: Callable[[Gateway], None] | None = None
+    gateway: Gateway,
+    *,
+    on_started: Callable[[Gateway], None] | None = None,
+    on_reload: Callable[[Gateway], None] | None = None,
 ) -> None:
-    """Run ``gateway`` until SIGINT or SIGTERM, then shut down cleanly."""
-    async with anyio.create_task_group() as tg:
-        await tg.start(gateway.run)
-        if on_started is not None:
-            on_started(gateway)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
-        tg.cancel_scope.cancel()
+    """Run ``gateway`` until SIGINT or SIGTERM, draining; SIGHUP calls ``on_reload``.
+
+    The first SIGINT/SIGTERM drains (:meth:`Gateway.drain`) for up to the
+    configuration's ``drain_timeout``; a second one, or the timeout, stops at
+    once. Either way this returns normally, with the recording complete.
+    """
+    with anyio.open_signal_receiver(*_STOP_SIGNALS, signal.SIGHUP) as signals:
+        async with anyio.create_task_group() as tg:
+            stopped = anyio.Event()
+
+            async def run(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
+                try:
+                    await gateway.run(task_status=task_status)
+                finally:
+                    stopped.set()
+
+            async def deadline() -> None:
+                await anyio.sleep(gateway.config.drain_timeout)
+                _log.warning(
+                    json.dumps(
+                        {
+                            "event": "drain_timeout",
+                            "timeout_s": gateway.config.drain_timeout,
+                            "cut": gateway.server.active,
+                        }
+                    )
+                )
+                tg.cancel_scope.cancel()
+
+            async def watch() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        if on_reload is not None:
+                            try:
+                                on_reload(gateway)
+                            except Exception:  # a reload must never stop the gateway
+                                _log.exception(json.dumps({"event": "reload_failed"}))
+                    elif not gateway.draining:
+                        _log.info(json.dumps({"event": "signal", "signal": name}))
+                        gateway.drain()
+                        tg.start_soon(deadline, name="drain deadline")
+                    else:
+                        _log.warning(
+                            json.dumps(
+                                {"event": "stop_now", "signal": name, "cut": gateway.server.active}
+                            )
+                        )
+                        tg.cancel_scope.cancel()
+
+            await tg.start(run)
+            if on_started is not None:
+                on_started(gateway)
+            tg.start_soon(watch, name="signals")
+            await stopped.wait()
+            tg.cancel_scope.cancel()
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -737,7 +1225,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         default="cortex.toml",
         metavar="PATH",
-        help="the gateway configuration (default: %(default)s)",
+        help="the gateway configuration (default: %(default)s); SIGHUP reads it again",
     )
     parser.add_argument(
         "--listen",
@@ -747,13 +1235,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record",
         metavar="TRACE",
-        help="record every observation and request as a v1 trace (.jsonl or .jsonl.gz)",
+        help="record every observation and request as a trace (.jsonl or .jsonl.gz)",
     )
     parser.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
         help="log level for stderr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="json",
+        choices=LOG_FORMATS,
+        help="log lines as JSON objects or as text (default: %(default)s); "
+        "the access log is JSON either way",
     )
 
 
@@ -762,13 +1257,22 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
+def _read_config(args: argparse.Namespace, env_keys: frozenset[bytes]) -> GatewayConfig:
+    """``--config`` with ``--listen`` and the environment's keys applied (ConfigError if bad)."""
+    config = load_config(args.config)
+    if args.listen is not None:
+        host, port = parse_listen(args.listen, where="--listen")
+        config = attrs.evolve(config, listen_host=host, listen_port=port)
+    if env_keys:
+        config = attrs.evolve(config, api_keys=config.api_keys | env_keys)
+    return config
+
+
 def serve_main(args: argparse.Namespace) -> int:
-    """``cortex-fsm serve``: run the gateway until Ctrl-C; return the exit status."""
+    """``cortex-fsm serve``: run the gateway until SIGINT/SIGTERM; return the exit status."""
     try:
-        config = load_config(args.config)
-        if args.listen is not None:
-            host, port = parse_listen(args.listen, where="--listen")
-            config = attrs.evolve(config, listen_host=host, listen_port=port)
+        env_keys = keys_from_env(os.environ)
+        config = _read_config(args, env_keys)
     except ConfigError as exc:
         return _fail(str(exc))
     for key in config.ignored:
@@ -777,21 +1281,47 @@ def serve_main(args: argparse.Namespace) -> int:
         problem = output_problem(args.record)
         if problem is not None:
             return _fail(f"--record: {problem}")
-    configure_logging(args.log_level)
+    if config.access_log not in (None, "-"):
+        problem = output_problem(config.access_log)
+        if problem is not None:
+            return _fail(f"{config.source}: [gateway] access_log: {problem}")
+    configure_logging(args.log_level, getattr(args, "log_format", "json"))
     gateway = Gateway(config, record=args.record)
 
     def started(gw: Gateway) -> None:
-        names = ", ".join(f"{n.name}={n.endpoint}" for n in config.neurons)
         print(f"{_PROG} gateway listening on {gw.url}", flush=True)
-        print(
-            f"{_PROG}: neurons: {names}; {config.policy.describe()}"
-            + (f"; recording to {args.record}" if args.record else ""),
-            file=sys.stderr,
-            flush=True,
+        _log.info(
+            json.dumps(
+                {
+                    "event": "started",
+                    "url": gw.url,
+                    "neurons": {n.name: n.endpoint for n in config.neurons},
+                    "policy": config.policy.describe(),
+                    "recording": args.record,
+                    "api_keys": len(config.api_keys),
+                    "pid": os.getpid(),
+                }
+            )
         )
 
+    def reload(gw: Gateway) -> None:
+        try:
+            new = _read_config(args, env_keys)
+            if new.access_log not in (None, "-", gw.config.access_log):
+                problem = output_problem(new.access_log)
+                if problem is not None:
+                    raise ConfigError(f"{new.source}: [gateway] access_log: {problem}")
+        except ConfigError as exc:
+            if gw.metrics is not None:
+                gw.metrics.on_reload(applied=False)
+            _log.error(
+                json.dumps({"event": "reload_rejected", "config": args.config, "error": str(exc)})
+            )
+            return
+        gw.reload(new)
+
     try:
-        anyio.run(partial(run_gateway, gateway, on_started=started))
+        anyio.run(partial(run_gateway, gateway, on_started=started, on_reload=reload))
     except KeyboardInterrupt:
         pass
     except Exception as exc:
@@ -801,7 +1331,7 @@ def serve_main(args: argparse.Namespace) -> int:
         return _fail(problem, 1)  # e.g. the address is in use
     finally:
         gateway.close_recording()
-    print(f"{_PROG}: gateway stopped", file=sys.stderr, flush=True)
+    _log.info(json.dumps({"event": "stopped", "requests": gateway.journal.requests}))
     return 0
 
 
