@@ -67,6 +67,13 @@ Server::
 
     host, port = await task_group.start(partial(serve, handler, port=0))
 
+Every status line the server sends carries its reason phrase
+(:func:`reason_phrase`). A :class:`ServerControl` passed to :func:`serve`
+drains it: no more connections are accepted, idle keep-alive connections are
+closed, requests in progress finish, and :func:`serve` returns once no
+connection is left (:attr:`ServerControl.active` counts the requests being
+handled).
+
 Server-generated answers (each closes the connection): a malformed request
 gets 400, an oversized header section 431, a body over the limit 413 (when
 the handler has not started its response yet), a request head that does not
