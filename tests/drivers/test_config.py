@@ -241,6 +241,7 @@ def test_gateway_production_keys_and_auth(tmp_path: Path) -> None:
         'access_log = "logs/access.jsonl"\n'
         "drain_timeout = 0\n"
         "metrics = false\n"
+        "defrag_after_cycles = 3\n"
         "[auth]\n"
         'keys_file = "keys.txt"\n'
         "protect_metrics = true\n" + NEURONS,
@@ -249,6 +250,7 @@ def test_gateway_production_keys_and_auth(tmp_path: Path) -> None:
     assert config.access_log == str(tmp_path / "logs" / "access.jsonl")
     assert config.drain_timeout == 0.0
     assert config.metrics is False
+    assert config.defrag_after_cycles == 3
     assert config.keys_file == str(keys)
     assert config.api_keys == {
         hashlib.sha256(b"first-key").digest(),
@@ -269,6 +271,7 @@ def test_gateway_production_keys_and_auth(tmp_path: Path) -> None:
         ("[gateway]\ndrain_timeout = -1\n", None, "[gateway] drain_timeout must be a number"),
         ("[gateway]\naccess_log = true\n", None, "[gateway] access_log"),
         ("[gateway]\nmetrics = 1\n", None, "[gateway] metrics must be true or false"),
+        ("[gateway]\ndefrag_after_cycles = -1\n", None, "defrag_after_cycles must be an integer"),
         ("[auth]\nkey_file = 'k'\n", None, "[auth] unknown key 'key_file'"),
         ("[auth]\nprotect_metrics = 'yes'\n", None, "[auth] protect_metrics must be true"),
         ("[auth]\nkeys_file = 'missing.txt'\n", None, "missing.txt: No such file"),

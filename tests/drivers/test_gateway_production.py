@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-from gateway_support import BIG, ScriptedNeuron, chat_body, running_fleet, wait_until
+from gateway_support import BIG, ScriptedNeuron, chat_body, neuron, running_fleet, wait_until
 
-from cortex_fsm import Policy
+from cortex_fsm import Catalogue, Policy, Profile
 from cortex_fsm.drivers.logs import ACCESS_KEYS, AccessLog, configure_logging, wall_clock
 from cortex_fsm.health import Phase
 
@@ -148,3 +148,33 @@ def test_access_log_lines_and_reopen(tmp_path: Path) -> None:
     }
     (after,) = [json.loads(x) for x in path.read_text().splitlines()]
     assert (after["id"], after["status"]) == ("r2", None)
+
+
+@pytest.mark.anyio
+async def test_evictions_count_lifecycle_cycles_and_warn_past_the_limit(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalogue = Catalogue(
+        profiles={m: Profile(id=m) for m in ("org/X", "org/A", "org/B")}, aliases={}
+    )
+    caplog.set_level(logging.INFO, logger="cortex_fsm")
+    monkeypatch.setattr(logging.getLogger("cortex_fsm"), "propagate", True)
+    async with running_fleet(
+        neuron("n1", "org/X", max_resident=1),
+        catalogue=catalogue,
+        defrag_after_cycles=1,
+    ) as f:
+        for model in ("org/A", "org/B"):
+            resp = await f.chat(model)
+            assert (resp.status, resp.header("x-cortex-outcome")) == (200, "cold_load")
+        assert f.neurons["n1"].models() == {
+            "org/X": "unloaded",
+            "org/A": "unloaded",
+            "org/B": "loaded",
+        }
+        assert f.gateway.cycles == {"n1": 2}
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    evicted = [(e["victim"], e["cycles"]) for e in events if e.get("event") == "eviction"]
+    assert evicted == [("org/X", 1), ("org/A", 2)]
+    wanted = [e for e in events if e.get("event") == "defrag_wanted"]
+    assert wanted == [{"event": "defrag_wanted", "node": "n1", "cycles": 2, "limit": 1}]

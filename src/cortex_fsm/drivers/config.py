@@ -18,6 +18,7 @@ Layout::
     access_log = "-"                   # one JSON line per request: "-" stderr, a path, or false
     drain_timeout = 30.0               # seconds in-flight requests get after SIGTERM/SIGINT
     metrics = true                     # serve GET /metrics (Prometheus)
+    defrag_after_cycles = 0            # warn when a node has had more evictions (0: never)
 
     [auth]
     keys_file = "api-keys.txt"         # one key (or sha256:<hex> of one) per line
@@ -85,6 +86,7 @@ _GATEWAY_KEYS = (
     "access_log",
     "drain_timeout",
     "metrics",
+    "defrag_after_cycles",
 )
 _AUTH_KEYS = ("keys_file", "protect_metrics")
 _SHA256_PREFIX = "sha256:"
@@ -113,6 +115,8 @@ class GatewayConfig:
     """Where the access log goes: ``"-"`` standard error, a file path, or None (off)."""
     drain_timeout: float = 30.0
     metrics: bool = True
+    defrag_after_cycles: int = 0
+    """Warn that a node wants a restart once it has had more evictions than this (0: never)."""
     keys_file: str | None = None
     api_keys: frozenset[bytes] = attrs.field(default=frozenset(), repr=False)
     """SHA-256 digests of the accepted API keys (empty: no key needed)."""
@@ -295,6 +299,11 @@ def config_from_mapping(
         raise ConfigError(
             f"{where}: [gateway] drain_timeout must be a number of seconds >= 0, got {drain!r}"
         )
+    defrag = gateway.get("defrag_after_cycles", 0)
+    if isinstance(defrag, bool) or not isinstance(defrag, int) or defrag < 0:
+        raise ConfigError(
+            f"{where}: [gateway] defrag_after_cycles must be an integer >= 0, got {defrag!r}"
+        )
     keys_file, api_keys, protect = _auth(data, where, base_dir)
     neurons = _neurons(data.get("neurons"), where)
     catalogue, ignored = _catalogue(data, where, base_dir)
@@ -310,6 +319,7 @@ def config_from_mapping(
         access_log=access_log,
         drain_timeout=float(drain),
         metrics=metrics,
+        defrag_after_cycles=defrag,
         keys_file=keys_file,
         api_keys=api_keys,
         protect_metrics=protect,

@@ -242,6 +242,8 @@ class Gateway:
             max_body_bytes=config.max_body_bytes, header_timeout=config.client_timeout
         )
         self.client_limits = Limits(max_keepalive_per_host=256)
+        self.cycles: dict[str, int] = {}
+        """Lifecycle cycles (evictions) per node since start (semantics §5)."""
         self.server = ServerControl()
         """Drains the HTTP server (see :meth:`drain`)."""
         self._live: set[_Exchange] = set()
@@ -771,7 +773,15 @@ class Gateway:
         self.journal.unload(node, victim, ok=True)
         if self.metrics is not None:
             self.metrics.on_eviction(node, ok=True)
-        _log.info(json.dumps(event | {"result": "evicted"}))
+        cycles = self.cycles[node] = self.cycles.get(node, 0) + 1
+        _log.info(json.dumps(event | {"result": "evicted", "cycles": cycles}))
+        limit = self.config.defrag_after_cycles
+        if 0 < limit < cycles:
+            _log.warning(
+                json.dumps(
+                    {"event": "defrag_wanted", "node": node, "cycles": cycles, "limit": limit}
+                )
+            )
         return await self._load_once(endpoint, decision.load)
 
     async def _resolve(self, node: str, endpoint: str, model: str) -> str:
