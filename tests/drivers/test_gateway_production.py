@@ -150,30 +150,48 @@ def test_access_log_lines_and_reopen(tmp_path: Path) -> None:
     assert (after["id"], after["status"]) == ("r2", None)
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("{"):
+            self.events.append(json.loads(message))
+
+
 @pytest.mark.anyio
 async def test_evictions_count_lifecycle_cycles_and_warn_past_the_limit(
-    anyio_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str,
 ) -> None:
     catalogue = Catalogue(
         profiles={m: Profile(id=m) for m in ("org/X", "org/A", "org/B")}, aliases={}
     )
-    caplog.set_level(logging.INFO, logger="cortex_fsm")
-    monkeypatch.setattr(logging.getLogger("cortex_fsm"), "propagate", True)
-    async with running_fleet(
-        neuron("n1", "org/X", max_resident=1),
-        catalogue=catalogue,
-        defrag_after_cycles=1,
-    ) as f:
-        for model in ("org/A", "org/B"):
-            resp = await f.chat(model)
-            assert (resp.status, resp.header("x-cortex-outcome")) == (200, "cold_load")
-        assert f.neurons["n1"].models() == {
-            "org/X": "unloaded",
-            "org/A": "unloaded",
-            "org/B": "loaded",
-        }
-        assert f.gateway.cycles == {"n1": 2}
-    events = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    logger = logging.getLogger("cortex_fsm.gateway")
+    collect = _Collect()
+    level = logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        async with running_fleet(
+            neuron("n1", "org/X", max_resident=1),
+            catalogue=catalogue,
+            defrag_after_cycles=1,
+        ) as f:
+            for model in ("org/A", "org/B"):
+                resp = await f.chat(model)
+                assert (resp.status, resp.header("x-cortex-outcome")) == (200, "cold_load")
+            assert f.neurons["n1"].models() == {
+                "org/X": "unloaded",
+                "org/A": "unloaded",
+                "org/B": "loaded",
+            }
+            assert f.gateway.cycles == {"n1": 2}
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    events = collect.events
     evicted = [(e["victim"], e["cycles"]) for e in events if e.get("event") == "eviction"]
     assert evicted == [("org/X", 1), ("org/A", 2)]
     wanted = [e for e in events if e.get("event") == "defrag_wanted"]
