@@ -15,10 +15,12 @@ import contextlib
 import gzip
 import io
 import json
+import logging
 import math
 import os
 import stat
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
@@ -59,6 +61,8 @@ __all__ = [
     "open_output",
     "output_problem",
 ]
+
+_log = logging.getLogger("cortex_fsm.trace")
 
 FORMAT = "cortex-fsm-trace"
 VERSION = 2
@@ -268,6 +272,8 @@ class TraceReader:
         self._last_t = -math.inf
         self._request_ids: set[object] = set()  # ids, or (id, attempt) for attempts >= 2
         self.events = 0
+        self.truncated: str | None = None
+        """Why the trace ended early, when it was cut off mid-way (see :meth:`records`)."""
         try:
             raw = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
@@ -414,6 +420,9 @@ class TraceReader:
                     if not raw.strip():
                         continue  # blank lines are allowed
                     self.line = line
+                    if not raw.endswith(b"\n"):
+                        self._cut_off(line, "its last line is incomplete")
+                        return
                     obj = self._parse(raw)  # json.loads: the value, or an error with the reason
                 if type(obj) is not dict:
                     self.line = line
@@ -455,13 +464,25 @@ class TraceReader:
                     raise self._error(str(exc)) from None
                 events += 1
                 yield kind, obj
-        except (OSError, EOFError, zlib.error) as exc:
+        except EOFError:
+            # A gzip member cut off mid-way (the writer was killed while writing it):
+            # everything before it is intact.
+            self._cut_off(line + 1, "it ends in the middle of a gzip member")
+        except (OSError, zlib.error) as exc:
             # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
             line += 1
             self.line = line
             raise self._error(f"unreadable data ({type(exc).__name__}: {exc})") from None
         finally:
             self.line, self.events, self._last_t = line, events, last_t
+
+    def _cut_off(self, line: int, why: str) -> None:
+        """The trace stops early, as a crash leaves it: warn once, keep what came before."""
+        self.truncated = (
+            f"{self.path}:{line}: {why}: cut off (the recording gateway crashed?); "
+            "using the events before it"
+        )
+        _log.warning("cortex-fsm: warning: %s", self.truncated)
 
     def _check_request(self, obj: dict[str, Any]) -> None:
         rid = _str(obj, "id", "request")
@@ -786,21 +807,55 @@ def open_output(path: str | os.PathLike[str]) -> IO[str]:
 
 
 class TraceWriter:
-    """Writes a (version 2) trace as it happens (used by the gateway's ``--record``).
+    """Writes a (version 2) trace as it happens (used by the gateway's ``--record``), crash-safe.
 
-    Each line is flushed as written, so a crash loses at most the line being
-    written; :meth:`close` completes the gzip stream.
+    Lines are collected in memory and written out by :meth:`flush`: on every
+    write that comes ``flush_interval`` seconds or more after the last flush,
+    whenever the owner calls it (the gateway does every 0.1 s), and on
+    :meth:`close`. A ``.gz`` trace is written as a sequence of gzip members,
+    one per flush, each complete (header, data, trailer) when it reaches the
+    file, so what a crash (``kill -9``) leaves is every complete member plus
+    at most one member cut off mid-way, which :class:`TraceReader` reads up
+    to the cut with a warning. A crash therefore loses the events recorded
+    since the last flush -- at most ``flush_interval`` seconds of them, or
+    less when the owner flushes more often -- and nothing before.
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: TraceHeader) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        header: TraceHeader,
+        *,
+        flush_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = os.fspath(path)
-        self._fh = open_output(self.path)
+        self._gzip = self.path.endswith(".gz")
+        self._raw = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self._pending: list[str] = []
+        self._interval = flush_interval
+        self._clock = clock
+        self._flushed = clock()
         self._last_t = -math.inf
         self.write_obj(header.to_json())
+        self.flush()
 
     def write_obj(self, obj: Mapping[str, object]) -> None:
-        self._fh.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
-        self._fh.flush()
+        self._pending.append(json.dumps(obj, separators=(", ", ": ")) + "\n")
+        if self._clock() - self._flushed >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was collected (a complete gzip member for ``.gz``)."""
+        self._flushed = self._clock()
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode()
+        self._pending.clear()
+        if self._gzip:
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        self._raw.write(data)
+        self._raw.flush()
 
     def write(self, event: Event) -> None:
         if not self._last_t <= event.t < math.inf:  # NaN fails both comparisons
@@ -811,7 +866,11 @@ class TraceWriter:
         self.write_obj(event_json(event))
 
     def close(self) -> None:
-        self._fh.close()
+        if not self._raw.closed:
+            try:
+                self.flush()
+            finally:
+                self._raw.close()
 
     def __enter__(self) -> TraceWriter:
         return self

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,3 +201,53 @@ def test_sighup_reloads_keys_and_settings_and_never_exits(tmp_path: Path) -> Non
     finally:
         gateway.stop()
         neuron.stop()
+
+
+def test_after_kill_9_the_recording_replays_up_to_the_last_second(tmp_path: Path) -> None:
+    neuron = start_neuron(tmp_path, "n1", "--model", MODEL, "--token-latency", "0")
+    record = tmp_path / "trace.jsonl.gz"
+    gateway = start_gateway(tmp_path, _config(tmp_path, neuron), "--record", str(record))
+    answered: list[tuple[str, float]] = []
+    try:
+        wait_for(lambda: ready(gateway.url))
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            status, headers, _ = request("POST", gateway.url + "/v1/chat/completions", chat(MODEL))
+            assert status == 200
+            answered.append((headers["x-cortex-request"], time.monotonic()))
+        gateway.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert gateway.wait(10) == -signal.SIGKILL
+    finally:
+        gateway.stop()
+        neuron.stop()
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cortex_fsm.cli", "replay", str(record), "--summary"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert len(replayed.stderr.splitlines()) <= 1  # at most the one cut-off warning
+    with TraceReader(record) as trace:
+        recorded = {e.id for e in trace if isinstance(e, RequestEvent)}
+    due = [rid for rid, at in answered if at < killed - 1.0]
+    assert len(due) > 10
+    assert set(due) <= recorded
+    # a last member cut off mid-way (as a crash during its write would leave it):
+    # replay keeps everything before it and says so, once
+    data = record.read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[:-7])  # the trailer of the last member is gone
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cortex_fsm.cli", "replay", str(cut), "--summary"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    (warning,) = replayed.stderr.splitlines()
+    assert warning.startswith(f"cortex-fsm: warning: {cut}:")
+    assert "cut off" in warning

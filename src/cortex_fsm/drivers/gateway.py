@@ -304,7 +304,7 @@ class Gateway:
                     else:
                         self.journal.recorder = self._recorder
                     tg.start_soon(self.poller.run, name="poller")
-                    tg.start_soon(self._flush_access_log, name="access log")
+                    tg.start_soon(self._flush_logs, name="flush logs")
                     task_status.started(self.address)
         finally:
             self.close_recording()
@@ -329,11 +329,15 @@ class Gateway:
         )
         everything.cancel()  # drained: stop polling too
 
-    async def _flush_access_log(self) -> None:
+    async def _flush_logs(self) -> None:
+        """Write the access log and the recording out every 0.1 s (a crash loses no more)."""
         while True:
             await anyio.sleep(FLUSH_INTERVAL)
             if self.access_log is not None:
                 self.access_log.flush()
+            recorder = self.journal.recorder
+            if recorder is not None:
+                recorder.flush()
 
     def _open_access_log(self) -> None:
         where = self.config.access_log
