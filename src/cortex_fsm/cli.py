@@ -176,6 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     add_fake_neuron_arguments(fp)
     fp.set_defaults(func=fake_neuron_main)
 
+    from .ci.check import add_check_arguments, check_main
+
+    cp = sub.add_parser(
+        "check",
+        help="lint a gateway configuration: models no node can host, broken aliases, bad pins",
+    )
+    add_check_arguments(cp)
+    cp.set_defaults(func=check_main)
+
     from .verify import add_export_arguments, add_verify_arguments, export_main, verify_main
 
     vp = sub.add_parser(

@@ -1252,6 +1252,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="record every observation and request as a trace (.jsonl or .jsonl.gz)",
     )
     parser.add_argument(
+        "--allow-config-errors",
+        action="store_true",
+        help="start even when 'cortex-fsm check' finds errors in the configuration "
+        "(default: refuse, naming them, exit status 2)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -1291,6 +1297,12 @@ def serve_main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     for key in config.ignored:
         print(f"{_PROG}: warning: {key}: not a catalogue key, ignored", file=sys.stderr)
+    if not getattr(args, "allow_config_errors", False):
+        from ..ci.check import refusal
+
+        refused = refusal(args.config)
+        if refused is not None:
+            return _fail(refused)
     if args.record is not None:
         problem = output_problem(args.record)
         if problem is not None:
