@@ -20,6 +20,7 @@ from serve_support import (
     request,
     start_gateway,
     start_neuron,
+    start_neurons,
     wait_for,
 )
 
@@ -251,3 +252,83 @@ def test_after_kill_9_the_recording_replays_up_to_the_last_second(tmp_path: Path
     (warning,) = replayed.stderr.splitlines()
     assert warning.startswith(f"cortex-fsm: warning: {cut}:")
     assert "cut off" in warning
+
+
+def test_sighup_changes_the_fleet_the_catalogue_and_the_policy(tmp_path: Path) -> None:
+    n1, n2 = start_neurons(
+        tmp_path,
+        ("n1", "--model", MODEL, "--token-latency", "0.2"),
+        ("n2", "--model", "org/N-1B", "--token-latency", "0"),
+    )
+    record = tmp_path / "trace.jsonl.gz"
+    config = tmp_path / "cortex.toml"
+
+    def write(neuron: Proc, target: str, threshold: int) -> None:
+        config.write_text(
+            '[gateway]\nlisten = "127.0.0.1:0"\naccess_log = false\n'
+            f"[policy]\npoll_interval = 0.1\nfailure_threshold = {threshold}\n"
+            f'[[models]]\nid = "{MODEL}"\n[[models]]\nid = "org/N-1B"\n'
+            f'[aliases]\n"tier/a" = "{target}"\n' + neurons_toml(neuron)
+        )
+
+    write(n1, MODEL, 3)
+    gateway = start_gateway(tmp_path, config, "--record", str(record))
+    try:
+        wait_for(lambda: ready(gateway.url))
+        status, headers, _ = request("POST", gateway.url + "/v1/chat/completions", chat("tier/a"))
+        assert (status, headers["x-cortex-node"]) == (200, "n1")
+        stream = _start_stream(gateway.port, max_tokens=8)  # in flight to n1
+        write(n2, "org/N-1B", 2)  # n1 leaves, n2 joins, the alias moves, T becomes 2
+        gateway.signal(signal.SIGHUP)
+        wait_for(lambda: bool(gateway.events("reloaded")))
+        reloaded = gateway.events("reloaded")[0]
+        assert (reloaded["neurons_removed"], reloaded["neurons_added"]) == (["n1"], ["n2"])
+        assert reloaded["not_applied"] == []
+        # the request in flight to the removed node finishes normally
+        assert b"data: [DONE]" in _rest(stream)
+        wait_for(lambda: ready(gateway.url))
+        status, headers, body = request(
+            "POST", gateway.url + "/v1/chat/completions", chat("tier/a")
+        )
+        assert (status, headers["x-cortex-node"]) == (200, "n2"), body
+        health = json.loads(request("GET", gateway.url + "/health")[2])
+        assert [n["name"] for n in health["nodes"]] == ["n2"]
+        assert health["policy"]["failure_threshold"] == 2
+        models = json.loads(request("GET", gateway.url + "/v1/models")[2])
+        alias = next(m for m in models["data"] if m["id"] == "tier/a")
+        assert alias["alias_of"] == "org/N-1B"
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+    finally:
+        gateway.stop()
+        n1.stop()
+        n2.stop()
+    # the recording has the change, and replays to the decisions the gateway made
+    with TraceReader(record) as trace:
+        kinds = [type(e).__name__ for e in trace]
+    assert "NeuronRemovedEvent" in kinds
+    assert kinds.index("NeuronRemovedEvent") < kinds.index("ReconfiguredEvent")
+    assert kinds.index("ReconfiguredEvent") < kinds.index("NeuronAddedEvent")
+    decisions = tmp_path / "decisions.jsonl"
+    replayed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cortex_fsm.cli",
+            "replay",
+            str(record),
+            "--decisions",
+            str(decisions),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    lines = [json.loads(x) for x in decisions.read_text().splitlines()]
+    assert [(x["model"], x["node"]) for x in lines] == [
+        ("tier/a", "n1"),
+        (MODEL, "n1"),
+        ("tier/a", "n2"),
+    ]

@@ -67,7 +67,7 @@ from ..errors import (
     error_envelope,
     status_cause,
 )
-from ..fleet import ModelStatus
+from ..fleet import ModelStatus, Neuron
 from ..routing import Decision
 from ..trace import ModelsEvent, TraceWriter, output_problem
 from ..wire import load_json
@@ -237,7 +237,9 @@ class Gateway:
         self._loads: dict[tuple[str, str], _PendingLoad] = {}
         self._http: HTTPClient | None = None
         self._neurons: NeuronClient | None = None
-        self.poller: Poller | None = None
+        self._pollers: dict[str, tuple[Poller, anyio.CancelScope]] = {}
+        """One poller per neuron, each in a task of its own."""
+        self._task_group: anyio.abc.TaskGroup | None = None
         self.server_limits = Limits(
             max_body_bytes=config.max_body_bytes, header_timeout=config.client_timeout
         )
@@ -286,13 +288,6 @@ class Gateway:
             async with HTTPClient(limits=self.client_limits) as http:
                 self._http = http
                 self._neurons = NeuronClient(http)
-                self.poller = Poller(
-                    self.journal,
-                    self._neurons,
-                    self.config.neurons,
-                    interval=self.config.policy.poll_interval,
-                    timeout=self.config.poll_timeout,
-                )
                 self._open_access_log()
                 async with anyio.create_task_group() as tg:
                     self.address = await tg.start(self._serve, tg.cancel_scope)
@@ -303,10 +298,14 @@ class Gateway:
                         self.journal.recorder = self._owned
                     else:
                         self.journal.recorder = self._recorder
-                    tg.start_soon(self.poller.run, name="poller")
+                    self._task_group = tg
+                    for neuron in self.config.neurons:
+                        self._start_polling(neuron)
                     tg.start_soon(self._flush_logs, name="flush logs")
                     task_status.started(self.address)
         finally:
+            self._task_group = None
+            self._pollers.clear()
             self.close_recording()
             if self.access_log is not None:
                 self.access_log.close()
@@ -373,11 +372,15 @@ class Gateway:
     def reload(self, new: GatewayConfig) -> list[str]:
         """Apply a newly read configuration without dropping a connection.
 
-        Returns (and logs, as one ``reloaded`` line) what changed. ``listen``
-        cannot change without a restart (the socket is bound), nor can the
-        server's own limits (``max_body_bytes``, ``client_timeout``); those
-        are kept as they were and named in the log line. The access log is
-        opened again in any case (so SIGHUP after a log rotation is enough).
+        Returns (and logs, as one ``reloaded`` line) what changed. Neurons
+        added and removed, the catalogue (aliases included) and the policy go
+        through the journal, so the recording has them (``neuron_added``,
+        ``neuron_removed``, ``reconfigured``); the gateway's own settings and
+        keys apply to the next request. ``listen`` cannot change without a
+        restart (the socket is bound), nor can ``max_body_bytes``,
+        ``client_timeout`` and ``metrics``; those are kept as they were and
+        named in the log line. The access log is opened again in any case
+        (so SIGHUP after a log rotation is enough).
         """
         old = self.config
         kept: list[str] = []
@@ -396,10 +399,6 @@ class Gateway:
         if new.metrics != old.metrics:
             kept.append("metrics")
             new = attrs.evolve(new, metrics=old.metrics)
-        for key in ("neurons", "catalogue", "policy"):
-            if getattr(new, key) != getattr(old, key):
-                kept.append(key)
-        new = attrs.evolve(new, neurons=old.neurons, catalogue=old.catalogue, policy=old.policy)
         changed = [
             field.name
             for field in attrs.fields(GatewayConfig)
@@ -410,8 +409,10 @@ class Gateway:
         if new.api_keys != old.api_keys:
             changed.append("api_keys")
         self.config = new
-        if self.poller is not None:
-            self.poller.timeout = new.poll_timeout
+        removed, added = self._apply_fleet(old, new)
+        for poller, _ in self._pollers.values():
+            poller.interval = new.policy.poll_interval
+            poller.timeout = new.poll_timeout
         if not new.endpoint_cache:
             self._endpoint_cache.clear()
         self._reopen_access_log(old.access_log)
@@ -424,11 +425,67 @@ class Gateway:
                     "config": new.source,
                     "changed": changed,
                     "not_applied": kept,
+                    "neurons_removed": removed,
+                    "neurons_added": added,
                     "api_keys": len(new.api_keys),
                 }
             )
         )
         return changed
+
+    def _apply_fleet(self, old: GatewayConfig, new: GatewayConfig) -> tuple[list[str], list[str]]:
+        """Neurons, catalogue and policy of a reload, through the journal (so recorded).
+
+        A neuron whose entry changed (its endpoint, say) is removed and added
+        again: it starts ``unknown``. Removals come first, then the catalogue
+        and policy, then additions, so a new node is polled under the new policy.
+        """
+        before = {n.name: n for n in old.neurons}
+        after = {n.name: n for n in new.neurons}
+        removed = [name for name, n in before.items() if after.get(name) != n]
+        added = [n for name, n in after.items() if before.get(name) != n]
+        for name in removed:
+            self._stop_polling(name)
+            self.journal.neuron_removed(name)
+            self._endpoints.pop(name, None)
+            for key in [key for key in self._endpoint_cache if key[0] == name]:
+                del self._endpoint_cache[key]
+        catalogue = new.catalogue if new.catalogue != old.catalogue else None
+        policy = new.policy if new.policy != old.policy else None
+        if catalogue is not None or policy is not None:
+            self.journal.reconfigured(catalogue=catalogue, policy=policy)
+        for neuron in added:
+            self.journal.neuron_added(neuron)
+            self._endpoints[neuron.name] = neuron.endpoint
+            if self.metrics is not None:
+                self.metrics.add_node(neuron.name)
+            self._start_polling(neuron)
+        return removed, [n.name for n in added]
+
+    def _start_polling(self, neuron: Neuron) -> None:
+        """Poll ``neuron`` in a task of its own (a reload may stop it)."""
+        if self._task_group is None or self._neurons is None:
+            return  # not running: run() starts the polls
+        poller = Poller(
+            self.journal,
+            self._neurons,
+            [neuron],
+            interval=self.engine.policy.poll_interval,
+            timeout=self.config.poll_timeout,
+        )
+        scope = anyio.CancelScope()
+        self._pollers[neuron.name] = (poller, scope)
+        self._task_group.start_soon(self._poll, poller, scope, name=f"poll {neuron.name}")
+
+    @staticmethod
+    async def _poll(poller: Poller, scope: anyio.CancelScope) -> None:
+        with scope:
+            await poller.run()
+
+    def _stop_polling(self, name: str) -> None:
+        entry = self._pollers.pop(name, None)
+        if entry is not None:
+            entry[1].cancel()
 
     def _reopen_access_log(self, before: str | None) -> None:
         if self.address is None:
@@ -718,7 +775,8 @@ class Gateway:
             pending = self._loads[key] = _PendingLoad()
             try:
                 pending.error = await self._load_evicting(node, endpoint, decision)
-                self.journal.load(node, decision.model, ok=pending.error is None)
+                if self.engine.has_node(node):  # (a reload may have removed it meanwhile)
+                    self.journal.load(node, decision.model, ok=pending.error is None)
                 pending.finished = True
             finally:
                 del self._loads[key]
@@ -769,11 +827,14 @@ class Gateway:
                 await self._neurons.unload(endpoint, victim)
         except (TimeoutError, NeuronError) as exc:
             reason = str(exc) or "timeout"
-            self.journal.unload(node, victim, ok=False)
+            if self.engine.has_node(node):
+                self.journal.unload(node, victim, ok=False)
             if self.metrics is not None:
                 self.metrics.on_eviction(node, ok=False)
             _log.warning(json.dumps(event | {"result": "unload_failed", "reason": reason}))
             return error
+        if not self.engine.has_node(node):
+            return error  # removed by a reload meanwhile
         self.journal.unload(node, victim, ok=True)
         if self.metrics is not None:
             self.metrics.on_eviction(node, ok=True)
