@@ -196,3 +196,61 @@ async def test_evictions_count_lifecycle_cycles_and_warn_past_the_limit(
     assert evicted == [("org/X", 1), ("org/A", 2)]
     wanted = [e for e in events if e.get("event") == "defrag_wanted"]
     assert wanted == [{"event": "defrag_wanted", "node": "n1", "cycles": 2, "limit": 1}]
+
+
+def test_upstream_attempts_come_from_outcome_events_when_there_are_some() -> None:
+    """Each attempt's outcome event is counted once; the answer's tags only when none."""
+    import time
+
+    from cortex_fsm import Neuron
+    from cortex_fsm.drivers.config import GatewayConfig
+    from cortex_fsm.drivers.gateway import _EXCHANGE, Gateway, _Exchange
+
+    gateway = Gateway(
+        GatewayConfig(
+            neurons=(
+                Neuron(name="a", endpoint="http://a:1"),
+                Neuron(name="b", endpoint="http://b:1"),
+            ),
+            catalogue=Catalogue(profiles={BIG: Profile(id=BIG)}),
+            access_log=None,
+        )
+    )
+    for node in ("a", "b"):
+        gateway.journal.models(node, ok=True, body=[{"id": BIG, "status": "loaded"}])
+
+    class Request:
+        method = "POST"
+        peer = ("127.0.0.1", 1)
+        error_status = None
+
+    class Responder:
+        started = True
+        status = 200
+        bytes_sent = 10
+        headers = (
+            ("x-cortex-request", "r1"),
+            ("x-cortex-outcome", "route_loaded"),
+            ("x-cortex-node", "b"),
+        )
+
+    exchange = _Exchange(time.perf_counter(), time.time())
+    token = _EXCHANGE.set(exchange)
+    try:
+        rid, first = gateway.journal.request(BIG, attempt=1)
+        gateway.journal.outcome(
+            rid, 1, node=first.node, status=503, retry_after=3, source="gateway", error="connect"
+        )
+        _, second = gateway.journal.request(BIG, attempt=2, request_id=rid, exclude=[first.node])
+        gateway.journal.outcome(
+            rid, 2, node=second.node, status=200, retry_after=None, source="upstream", error=None
+        )
+    finally:
+        _EXCHANGE.reset(token)
+    gateway._finish(exchange, Request(), Responder(), "/v1/chat/completions")  # type: ignore[arg-type]
+    assert exchange.decisions == 2
+    assert exchange.outcomes == 2
+    text = gateway.metrics.render().decode() if gateway.metrics else ""
+    assert f'cortex_upstream_attempts_total{{node="{first.node}",result="failed"}} 1.0' in text
+    assert f'cortex_upstream_attempts_total{{node="{second.node}",result="ok"}} 1.0' in text
+    assert 'cortex_decisions_total{outcome="route_loaded"} 2.0' in text

@@ -63,13 +63,14 @@ from ..errors import (
     IOCause,
     IOPhase,
     Outcome,
+    attempt_result,
     classify_io_failure,
     error_envelope,
     status_cause,
 )
 from ..fleet import ModelStatus, Neuron
 from ..routing import Decision
-from ..trace import ModelsEvent, TraceWriter, output_problem
+from ..trace import ModelsEvent, OutcomeEvent, TraceWriter, output_problem
 from ..wire import load_json
 from .config import GatewayConfig, keys_from_env, load_config, parse_listen
 from .http import (
@@ -178,6 +179,8 @@ class _Exchange:
     """The latest decision made for it."""
     request_id: str | None = None
     decisions: int = 0
+    outcomes: int = 0
+    """Outcome events recorded for it (one per attempt, when the request path records them)."""
 
 
 #: The exchange of the request the current task is serving (set in ``handle``):
@@ -515,8 +518,22 @@ class Gateway:
             exchange.decisions += 1
 
     def _on_event(self, event: object, result: object) -> None:
-        if isinstance(event, ModelsEvent) and self.metrics is not None:
-            self.metrics.on_poll(
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if isinstance(event, OutcomeEvent):
+            exchange = _EXCHANGE.get()
+            if exchange is not None:
+                exchange.outcomes += 1
+            if event.node is not None:
+                verdict = attempt_result(
+                    node=event.node, source=event.source, status=event.status, error=event.error
+                )
+                metrics.on_attempt(
+                    event.node, "ok" if verdict else "error" if verdict is None else "failed"
+                )
+        elif isinstance(event, ModelsEvent):
+            metrics.on_poll(
                 event.node, event.ok and self.engine.status(event.node).consecutive_failures == 0
             )
 
@@ -587,7 +604,8 @@ class Gateway:
                 metrics.on_request(
                     metrics.model_label(decision), status, outcome or NO_OUTCOME, seconds
                 )
-            if node is not None and outcome is not None:
+            if node is not None and outcome is not None and not exchange.outcomes:
+                # No outcome event told of the attempts: count the one the client saw.
                 metrics.on_attempt(node, _ATTEMPT_RESULT.get(outcome, "ok"))
         log = self.access_log
         if log is not None:
