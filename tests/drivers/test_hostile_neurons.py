@@ -123,9 +123,7 @@ async def test_deeply_nested_poll_answers_do_not_bring_the_gateway_down(
     for path in ("/discovery", "/models", "/health"):
         script.polls[path] = DEEP
     async with running_fleet(scripted=[script], wait=False) as f:
-        poller = f.gateway.poller
-        assert poller is not None
-        await wait_until(lambda: poller.rounds["s"] >= 2)
+        await wait_until(lambda: f.gateway.poll_rounds()["s"] >= 2)
         status = f.engine.status("s")
         assert status.state.phase is Phase.UNHEALTHY  # never healthy: one failure is enough
         assert status.last_ok is None
@@ -265,10 +263,8 @@ async def test_unusable_discovery_and_health_answers_are_logged_once(
     script.polls["/discovery"] = b'{"devices": [{"index": "0", "vram_total_mb": 1}]}'
     script.polls["/health"] = b'{"models": "lots"}'
     async with running_fleet(scripted=[script]) as f:
-        poller = f.gateway.poller
-        assert poller is not None
-        start = poller.rounds["s"]
-        await wait_until(lambda: poller.rounds["s"] >= start + 3)
+        start = f.gateway.poll_rounds()["s"]
+        await wait_until(lambda: f.gateway.poll_rounds()["s"] >= start + 3)
         unusable = _events(caplog, "answer_unusable")
         paths = sorted(str(e["path"]) for e in unusable)
         assert paths == ["/discovery", "/health"]  # once each, not once per poll

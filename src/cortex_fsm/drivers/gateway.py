@@ -480,6 +480,10 @@ class Gateway:
         self._pollers[neuron.name] = (poller, scope)
         self._task_group.start_soon(self._poll, poller, scope, name=f"poll {neuron.name}")
 
+    def poll_rounds(self) -> dict[str, int]:
+        """Completed poll rounds per neuron polled now."""
+        return {name: poller.rounds[name] for name, (poller, _) in self._pollers.items()}
+
     @staticmethod
     async def _poll(poller: Poller, scope: anyio.CancelScope) -> None:
         with scope:
