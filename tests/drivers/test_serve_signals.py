@@ -170,6 +170,12 @@ def test_sighup_reloads_keys_and_settings_and_never_exits(tmp_path: Path) -> Non
         assert "[policy] poll_interval" in rejected[0]["error"]
         assert rejected[0]["level"] == "error"
         assert request("GET", gateway.url + "/v1/models", headers=one)[0] == 200
+        # one that `cortex-fsm check` finds errors in is refused the same way
+        config.write_text(good + '[aliases]\n"tier/x" = "org/Nothing"\n')
+        gateway.signal(signal.SIGHUP)
+        wait_for(lambda: len(gateway.events("reload_rejected")) == 2)
+        assert "refusing to reload" in gateway.events("reload_rejected")[1]["error"]
+        assert "dangling_alias" in gateway.events("reload_rejected")[1]["error"]
         # a valid one, while a stream is in flight: applied, and the stream goes on
         stream = _start_stream(gateway.port, 6, "authorization: Bearer key-one\r\n")
         keys.write_text("key-two\n")
@@ -196,7 +202,7 @@ def test_sighup_reloads_keys_and_settings_and_never_exits(tmp_path: Path) -> Non
         assert gateway.alive()
         metrics = request("GET", gateway.url + "/metrics")[2].decode()
         assert 'cortex_config_reloads_total{result="applied"} 4.0' in metrics
-        assert 'cortex_config_reloads_total{result="rejected"} 1.0' in metrics
+        assert 'cortex_config_reloads_total{result="rejected"} 2.0' in metrics
         gateway.signal(signal.SIGTERM)
         assert gateway.wait(20) == 0
     finally:

@@ -1416,6 +1416,12 @@ def serve_main(args: argparse.Namespace) -> int:
     def reload(gw: Gateway) -> None:
         try:
             new = _read_config(args, env_keys)
+            if not getattr(args, "allow_config_errors", False):
+                from ..ci.check import refusal
+
+                refused = refusal(args.config)
+                if refused is not None:  # what serve would refuse to start on
+                    raise ConfigError(refused.replace("refusing to start", "refusing to reload", 1))
             if new.access_log not in (None, "-", gw.config.access_log):
                 problem = output_problem(new.access_log)
                 if problem is not None:
