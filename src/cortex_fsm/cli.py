@@ -72,6 +72,10 @@ def _decisions_sink(target: str | None, trace: str) -> Iterator[IO[str] | None]:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .replay import compare, render_comparison, render_summary, replay
 
+    if args.json and not args.summary:
+        raise _Usage("--json goes with --summary (decision lines are JSON already)")
+    if args.json and args.compare:
+        raise _Usage("--json cannot be combined with --compare")
     report = bool(args.summary or args.compare)
     # Decision lines go to --decisions, or to stdout unless stdout carries a report.
     target = args.decisions if args.decisions is not None else (None if report else "-")
@@ -81,7 +85,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             sys.stdout.write(render_comparison(comparison, source=args.trace))
             return 0
         summary = replay(args.trace, overrides=args.set, out=out)
-    if args.summary:
+    if args.summary and args.json:
+        import json
+
+        from .research.frames import summary_json
+
+        sys.stdout.write(json.dumps(summary_json(summary)) + "\n")
+    elif args.summary:
         sys.stdout.write(render_summary(summary, source=args.trace))
     return 0
 
@@ -128,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print counts per outcome and status, and per node its transitions and time "
         "in each state",
+    )
+    rp.add_argument(
+        "--json",
+        action="store_true",
+        help="with --summary: print the summary as one JSON object",
     )
     rp.add_argument(
         "--compare",
@@ -184,6 +199,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_check_arguments(cp)
     cp.set_defaults(func=check_main)
+
+    from .research.cli import (
+        add_score_arguments,
+        add_simulate_arguments,
+        add_sweep_arguments,
+        score_main,
+        simulate_main,
+        sweep_main,
+    )
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate a fleet under the policy and write a trace with ground truth",
+        description="Run the discrete-event simulation of a scenario TOML (see docs/research.md) "
+        "and write a v2 trace with truth events. Same scenario and seed: same bytes.",
+    )
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=simulate_main)
+
+    sc = sub.add_parser(
+        "score",
+        help="score a simulated trace: what requests were told against what was true",
+    )
+    add_score_arguments(sc)
+    sc.set_defaults(func=score_main)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="re-simulate a scenario over a grid of policies, score each, tabulate and plot",
+        description="Simulate the scenario at every grid point (common random numbers across "
+        "points), score each run, and write one row per (point, seed).",
+    )
+    add_sweep_arguments(sw)
+    sw.set_defaults(func=sweep_main)
 
     from .verify import add_export_arguments, add_verify_arguments, export_main, verify_main
 

@@ -1,0 +1,448 @@
+"""Discrete-event simulation of a fleet behind the gateway, with ground truth.
+
+Simulated time only: the run goes as fast as the CPU allows. The fleet's real
+state comes from :mod:`.processes` (outages, blips, slow polls; seeded per
+node), the clients' requests from the traffic table. The gateway's side is
+the real :class:`~cortex_fsm.engine.Engine`, fed exactly what a gateway feeds
+it: every observation is a trace record applied through
+:func:`cortex_fsm.replay.apply_record` -- the one mapping replay uses -- and
+written to the trace in the same step, so a replay of the trace makes the
+same decisions.
+
+What the simulated gateway does, per docs/semantics.md:
+
+* polls every node every ``poll_interval`` (all nodes at ``k * interval``, in
+  scenario order): ``/discovery`` while the engine needs it, ``/models``,
+  and on success ``/health`` with the node's real in-flight counts. A poll
+  fails (``connect``) while the node is down, and times out (``timeout``)
+  with probability ``slow_poll`` while it is up;
+* a request is decided; a reject is answered at once (an ``outcome`` with no
+  node); a routed attempt to a node that is down fails at once (``connect``,
+  503) and, while attempts are left (``max_attempts``), is decided again with
+  the failed nodes excluded (§7); a routed attempt to an up node is served:
+  a ``cold_load`` first loads the model (``[run] load_s``; a ``load`` event),
+  ``route_unloaded`` waits for the node's own reload, then the answer takes
+  the service time of its token counts and ends with a 200 ``outcome``.
+  A node that fails after the answer started cannot change its status (§4);
+* ``truth`` events record every real change (``up``, and why).
+
+Same scenario and seed: byte-identical trace.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from ..engine import Engine
+from ..errors import Outcome
+from ..fleet import Neuron
+from ..replay import apply_record
+from ..routing import Decision
+from ..trace import AtomicOutput, TraceHeader
+from .processes import Change, requests, stream, truth_changes
+from .scenario import Scenario, SimNeuron
+
+__all__ = ["Simulation", "simulate", "simulate_to_file"]
+
+_OUTCOME, _LOAD, _TRUTH = "outcome", "load", "truth"
+_INF = float("inf")
+
+Listener = Callable[[str, dict[str, Any], object], None]
+
+
+def _discovery_body(sim_neuron: SimNeuron) -> dict[str, object]:
+    return {
+        "hostname": sim_neuron.name,
+        "os": "Linux",
+        "kernel": "sim",
+        "devices": [
+            {"index": d.index, "name": d.name, "vram_total_mb": d.vram_total_mb}
+            for d in sim_neuron.devices
+        ],
+        "harnesses": ["sim"],
+        "max_prompt_tokens": 32768,
+    }
+
+
+_dumps = json.dumps
+_enc = json.encoder.encode_basestring_ascii
+
+
+class Simulation:
+    """One run of a scenario. :meth:`run` writes the trace lines through ``write``
+    and hands every applied record (and what the engine answered) to ``listen``."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        write: Callable[[str], object] | None = None,
+        flush: Callable[[], object] | None = None,
+        listen: Listener | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.policy = scenario.policy
+        self.write = write
+        self.flush = flush
+        self.listen = listen
+        self.header = TraceHeader(
+            neurons=tuple(
+                Neuron(
+                    name=n.name,
+                    endpoint=n.endpoint,
+                    kind=n.kind,
+                    devices=n.devices if n.declared else None,
+                )
+                for n in scenario.neurons
+            ),
+            catalogue=scenario.catalogue,
+            policy=scenario.policy,
+        )
+        self.engine = Engine(self.header.neurons, scenario.catalogue, scenario.policy)
+        self.requests = 0
+        self.attempts = 0
+        self.events = 0
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _emit(self, line: str) -> None:
+        self.events += 1
+        if self.write is not None:
+            self.write(line)
+
+    def _apply(self, record: dict[str, Any], line: str | None = None) -> object:
+        """Apply one record to the engine, write its line, tell the listener."""
+        result = apply_record(self.engine, record["kind"], record)
+        self._emit(line if line is not None else _record_line(record))
+        if self.listen is not None:
+            self.listen(record["kind"], record, result)
+        return result
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        sc = self.scenario
+        seed = sc.run.seed
+        duration = sc.run.duration_s
+        interval = self.policy.poll_interval
+        max_attempts = self.policy.max_attempts
+        upstream_retry = self.policy.retry_after(Outcome.UPSTREAM_UNAVAILABLE)
+        load_s = sc.run.load_s
+        traffic = sc.traffic
+        per_token_in = 1.0 / traffic.prefill_tokens_per_s
+        per_token_out = 1.0 / traffic.tokens_per_s
+        nodes = [n.name for n in sc.neurons]
+        up = dict.fromkeys(nodes, True)
+        # Each node's real model map: model -> the time it is (or was) ready.
+        ready = {n.name: dict.fromkeys(n.loaded, 0.0) for n in sc.neurons}
+        busy: dict[str, dict[str, int]] = {n: {} for n in nodes}
+        pollers = [
+            _Poller(self, n, sc.failures[n.name].slow_poll, stream(seed, f"polls/{n.name}").random)
+            for n in sc.neurons
+        ]
+        if self.write is not None:
+            self.write(_dumps(self.header.to_json()) + "\n")
+        apply = self._apply
+        engine = self.engine
+        write = self.write
+        listen = self.listen
+        apply_record_ = apply_record
+        # The fixed parts of the two lines every request writes, made once.
+        served_tail = {
+            name: f'"node": {_enc(name)}, "status": 200, "retry_after": null, '
+            '"source": "upstream", "error": null}\n'
+            for name in nodes
+        }
+        model_part: dict[str, str] = {}
+
+        # Truth changes, loads and answers in flight wait in a heap of
+        # (t, sequence, payload); the sequence number breaks ties in the order
+        # of scheduling. Arrivals and poll rounds are merged in from outside
+        # it (one each is pending at any time); at equal times the heap goes
+        # first, then the poll round, then the arrival.
+        queue: list[tuple[float, int, Any]] = []
+        seq = 0
+        changes: dict[str, Iterator[Change]] = {}
+        for name in nodes:
+            apply({"kind": "truth", "t": 0.0, "node": name, "up": True, "why": "start"})
+            it = truth_changes(name, sc.failures[name], seed)
+            changes[name] = it
+            first = next(it, None)
+            if first is not None:
+                seq += 1
+                heapq.heappush(queue, (first.t, seq, (_TRUTH, name, first)))
+        for n in sc.neurons:
+            if n.declared:
+                apply(
+                    {
+                        "kind": "discovery",
+                        "t": 0.0,
+                        "node": n.name,
+                        "ok": True,
+                        "body": {
+                            "devices": [
+                                {"index": d.index, "vram_total_mb": d.vram_total_mb}
+                                for d in n.devices
+                            ]
+                        },
+                        "source": "declared",
+                    }
+                )
+        arrivals = requests(traffic, seed, duration)
+        nxt = next(arrivals, None)
+        t_arrival = _INF if nxt is None else nxt[0]
+        rounds = 0
+        t_poll = 0.0
+        in_flight = 0
+        rid = 0
+        events = self.events
+        n_requests = n_attempts = 0
+        push = heapq.heappush
+        pop = heapq.heappop
+        end = _INF if duration is None else duration
+
+        while True:
+            top = queue[0][0] if queue else _INF
+            if top <= t_arrival and top <= t_poll:
+                if top == _INF:
+                    break
+                t, _, payload = pop(queue)
+                what = payload[0]
+                if what is not _TRUTH:
+                    if what is _OUTCOME:
+                        _, request_id, attempt, node, model = payload
+                        in_flight -= 1
+                        busy[node][model] -= 1
+                        record = {
+                            "kind": "outcome",
+                            "t": t,
+                            "id": request_id,
+                            "attempt": attempt,
+                            "node": node,
+                            "status": 200,
+                            "retry_after": None,
+                            "source": "upstream",
+                            "error": None,
+                        }
+                        result = apply_record_(engine, "outcome", record)
+                        events += 1
+                        if write is not None:
+                            write(
+                                f'{{"kind": "outcome", "t": {t!r}, "id": "{request_id}", '
+                                f'"attempt": {attempt}, {served_tail[node]}'
+                            )
+                        if listen is not None:
+                            listen("outcome", record, result)
+                    else:  # a cold load finished: the gateway records it
+                        _, node, model = payload
+                        self.events = events
+                        apply({"kind": "load", "t": t, "node": node, "model": model, "ok": True})
+                        events = self.events
+                    continue
+                # A real change of a node's state.
+                if t > end or (duration is None and t_arrival == _INF and not in_flight):
+                    continue  # the run is over: the fleet is no longer watched
+                _, name, change = payload
+                up[name] = change.up
+                self.events = events
+                apply({"kind": "truth", "t": t, "node": name, "up": change.up, "why": change.why})
+                events = self.events
+                following = next(changes[name], None)
+                if following is not None:
+                    seq += 1
+                    push(queue, (following.t, seq, (_TRUTH, name, following)))
+                continue
+            if t_poll <= t_arrival:
+                t = t_poll
+                if t > end or (duration is None and t_arrival == _INF and not in_flight):
+                    t_poll = _INF  # no more rounds
+                    continue
+                self.events = events
+                for poller in pollers:
+                    poller.poll(t, up, ready, busy)
+                events = self.events
+                rounds += 1
+                t_poll = rounds * interval
+                continue
+
+            # An arrival: decide, and fail over while attempts are left.
+            assert nxt is not None
+            t, model, tokens_in, tokens_out = nxt
+            nxt = next(arrivals, None)
+            t_arrival = _INF if nxt is None else nxt[0]
+            rid += 1
+            n_requests += 1
+            if not rid & 0x3FFF and self.flush is not None:
+                self.flush()  # keep the buffered lines of a long run few
+            request_id = f"r{rid}"
+            failed: list[str] = []
+            attempt = 0
+            while True:
+                attempt += 1
+                n_attempts += 1
+                record = {
+                    "kind": "request",
+                    "t": t,
+                    "id": request_id,
+                    "model": model,
+                    "attempt": attempt,
+                }
+                if failed:
+                    record["exclude"] = frozenset(failed)
+                decision: Decision = apply_record_(engine, "request", record)  # type: ignore[assignment]
+                events += 1
+                if write is not None:
+                    if failed:
+                        write(_record_line(record))
+                    else:
+                        middle = model_part.get(model)
+                        if middle is None:
+                            middle = model_part[model] = f'"model": {_enc(model)}, "attempt": '
+                        write(
+                            f'{{"kind": "request", "t": {t!r}, "id": "{request_id}", '
+                            f"{middle}{attempt}}}\n"
+                        )
+                if listen is not None:
+                    listen("request", record, decision)
+                node = decision.node
+                if node is None:  # a reject: answered at once, final
+                    self.events = events
+                    apply(
+                        {
+                            "kind": "outcome",
+                            "t": t,
+                            "id": request_id,
+                            "attempt": attempt,
+                            "node": None,
+                            "status": decision.status,
+                            "retry_after": decision.retry_after,
+                            "source": "gateway",
+                            "error": None,
+                        }
+                    )
+                    events = self.events
+                    break
+                if not up[node]:  # the node is down: the connection fails at once
+                    self.events = events
+                    apply(
+                        {
+                            "kind": "outcome",
+                            "t": t,
+                            "id": request_id,
+                            "attempt": attempt,
+                            "node": node,
+                            "status": 503,
+                            "retry_after": upstream_retry,
+                            "source": "gateway",
+                            "error": "connect",
+                        }
+                    )
+                    events = self.events
+                    failed.append(node)
+                    if attempt < max_attempts:
+                        continue
+                    break
+                # Served: once the model is ready on the node (a load first if needed).
+                resolved = decision.model
+                models = ready[node]
+                at = models.get(resolved)
+                if at is None:
+                    at = models[resolved] = t + load_s
+                    if decision.outcome is Outcome.COLD_LOAD:
+                        seq += 1
+                        push(queue, (at, seq, (_LOAD, node, resolved)))
+                done = (at if at > t else t) + tokens_in * per_token_in + tokens_out * per_token_out
+                counts = busy[node]
+                counts[resolved] = counts.get(resolved, 0) + 1
+                in_flight += 1
+                seq += 1
+                push(queue, (done, seq, (_OUTCOME, request_id, attempt, node, resolved)))
+                break
+        self.events = events
+        self.requests = n_requests
+        self.attempts = n_attempts
+
+
+class _Poller:
+    """The gateway's poll of one node, against the node's real state."""
+
+    def __init__(
+        self, sim: Simulation, neuron: SimNeuron, slow_poll: float, draw: Callable[[], float]
+    ) -> None:
+        self.sim = sim
+        self.name = neuron.name
+        self.neuron = neuron
+        self.slow_poll = slow_poll
+        self.draw = draw
+        self.discovers = neuron.kind == "neuron"
+
+    def poll(
+        self,
+        t: float,
+        up: dict[str, bool],
+        ready: dict[str, dict[str, float]],
+        busy: dict[str, dict[str, int]],
+    ) -> None:
+        name = self.name
+        apply = self.sim._apply
+        failed: str | None = None
+        if not up[name]:
+            failed = "connect"
+        elif self.slow_poll and self.draw() < self.slow_poll:
+            failed = "timeout"
+        if self.discovers and self.sim.engine.needs_discovery(name):
+            if failed is None:
+                body = _discovery_body(self.neuron)
+                apply({"kind": "discovery", "t": t, "node": name, "ok": True, "body": body})
+            else:
+                apply({"kind": "discovery", "t": t, "node": name, "ok": False})
+        if failed is not None:
+            apply({"kind": "models", "t": t, "node": name, "ok": False, "error": failed})
+            return
+        models = [
+            {"id": m, "status": "loaded" if at <= t else "loading"} for m, at in ready[name].items()
+        ]
+        apply({"kind": "models", "t": t, "node": name, "ok": True, "body": models})
+        load = [{"id": m, "in_flight": n, "queue_depth": 0} for m, n in busy[name].items() if n]
+        apply({"kind": "health", "t": t, "node": name, "ok": True, "body": {"models": load}})
+
+
+def _record_line(record: dict[str, Any]) -> str:
+    if "exclude" in record:
+        record = {**record, "exclude": sorted(record["exclude"])}
+    return _dumps(record) + "\n"
+
+
+def simulate(
+    scenario: Scenario, out: IO[str] | None = None, listen: Listener | None = None
+) -> Simulation:
+    """Run ``scenario``; write the trace to ``out`` (if given). Returns the finished run."""
+    if out is None:
+        sim = Simulation(scenario, listen=listen)
+        sim.run()
+        return sim
+    # Lines are collected and written in large chunks: one write per line
+    # would cost as much as the engine.
+    lines: list[str] = []
+
+    def flush() -> None:
+        out.write("".join(lines))
+        lines.clear()
+
+    sim = Simulation(scenario, write=lines.append, flush=flush, listen=listen)
+    try:
+        sim.run()
+    finally:
+        flush()
+    return sim
+
+
+def simulate_to_file(scenario: Scenario, path: str | os.PathLike[str]) -> Simulation:
+    """Run ``scenario`` and write its trace to ``path`` (``.gz``: gzip); the file
+    appears only when complete."""
+    with AtomicOutput(path) as out:
+        return simulate(scenario, out)
