@@ -17,6 +17,8 @@ from cortex_fsm.drivers.fake_neuron import FakeNeuron, FakeNeuronConfig
 from cortex_fsm.drivers.gateway import Gateway
 from cortex_fsm.drivers.http import HTTPClient, Request, Responder, Response, serve
 from cortex_fsm.health import Phase
+from cortex_fsm.routing import Decision
+from cortex_fsm.trace import decision_line
 
 BIG = "org/Big-70B"
 SMALL = "org/Small-8B"
@@ -40,6 +42,23 @@ def chat_body(model: str, content: str = "hello there", **extra: Any) -> bytes:
     return json.dumps(
         {"model": model, "messages": [{"role": "user", "content": content}], **extra}
     ).encode()
+
+
+class DecisionLines:
+    """A decision listener: the gateway's decisions as the lines a replay writes.
+
+    A failover attempt reuses its request's id (docs/semantics.md §7), so the
+    n-th decision of an id is its attempt n (attempt 1 carries no number).
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.lines: list[str] = []
+        self._attempts: dict[str, int] = {}
+        gateway.journal.decision_listeners.append(self)
+
+    def __call__(self, request_id: str, t: float, decision: Decision) -> None:
+        n = self._attempts[request_id] = self._attempts.get(request_id, 0) + 1
+        self.lines.append(decision_line(decision, request_id, t, None if n == 1 else n))
 
 
 class Fleet:

@@ -24,8 +24,12 @@ def test_demo_plays_the_incident(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "suspect(2) -> unhealthy" in out
     assert "503 Retry-After: 3     feasible_node_unhealthy" in out
     assert "unhealthy -> healthy" in out
+    # the second act: a small replica dies, requests fail over, it comes back
+    assert "node small-a  suspect(2) -> unhealthy   (request_failed: connect)" in out
+    assert "200 from small-b       route_loaded  (attempt 2)" in out
+    assert "node small-a  unhealthy -> healthy   (poll_ok)" in out
     checks = [line for line in out.splitlines() if line.startswith("  [")]
-    assert len(checks) == 7
+    assert len(checks) == 10
     assert all(line.startswith("  [ok]") for line in checks), checks
     assert "replaying the recorded trace gives the same" in out
     # a glimpse of the operator's view: /metrics and the access log

@@ -334,7 +334,10 @@ async def test_neuron_killed_mid_stream(anyio_backend: str) -> None:
 
 async def test_upstream_dies_mid_stream(anyio_backend: str) -> None:
     script = ScriptedNeuron("s", gpus=1, models=[(SMALL, "loaded")])
-    async with running_fleet(scripted=[script]) as f:
+    # one attempt: the only node's own failure is the answer (not a failover's reject)
+    async with running_fleet(
+        scripted=[script], policy=Policy(poll_interval=0.1, max_attempts=1)
+    ) as f:
         script.behaviour["forward"] = "sse-break"
         async with f.client.stream(
             "POST", f.gateway.url + "/v1/chat/completions", body=chat_body(SMALL, stream=True)

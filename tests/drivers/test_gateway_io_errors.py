@@ -80,7 +80,9 @@ async def test_failures_after_the_decision_are_classified_by_cause(
     async with running_fleet(
         scripted=[script],
         catalogue=CATALOGUE,
-        policy=Policy(poll_interval=0.2, io_errors=mode),
+        # One attempt per request, and no passive health: each request shows how
+        # one failure is classified (failover and passive health: test_failover.py).
+        policy=Policy(poll_interval=0.2, io_errors=mode, max_attempts=1, passive_health=False),
         endpoint_timeout=0.3,
         load_timeout=0.3,
         request_timeout=0.3,
@@ -130,7 +132,9 @@ async def test_failed_load_is_observed_and_success_marks_loaded(anyio_backend: s
 
 async def test_endpoint_is_resolved_with_the_id_encoded_and_cached(anyio_backend: str) -> None:
     script = ScriptedNeuron("gpu", gpus=2, models=[(BIG, "loaded")])
-    async with running_fleet(scripted=[script], catalogue=CATALOGUE) as f:
+    async with running_fleet(
+        scripted=[script], catalogue=CATALOGUE, policy=Policy(poll_interval=0.1, max_attempts=1)
+    ) as f:
         for _ in range(3):
             assert (await f.chat(BIG)).status == 200
         lookups = [t for _, t, _ in script.calls if t.endswith("/endpoint")]

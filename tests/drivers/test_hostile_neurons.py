@@ -18,6 +18,7 @@ from gateway_support import (
     wait_until,
 )
 
+from cortex_fsm import Policy
 from cortex_fsm.drivers.http import HTTPClient
 from cortex_fsm.drivers.neuron_client import (
     Fetched,
@@ -34,6 +35,9 @@ from cortex_fsm.wire import load_json
 pytestmark = pytest.mark.anyio
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+#: One attempt per request: the one node's own failure is the answer (with
+#: failover, the next attempt would exclude it and answer no_healthy_nodes).
+ONE_ATTEMPT = Policy(poll_interval=0.1, max_attempts=1)
 
 
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -223,7 +227,7 @@ async def test_an_endpoint_that_leads_back_to_the_gateway_is_not_a_loop(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="cortex_fsm")
     script = ScriptedNeuron("s", gpus=1, models=[(SMALL, "loaded")])
-    async with running_fleet(scripted=[script]) as f:
+    async with running_fleet(scripted=[script], policy=ONE_ATTEMPT) as f:
         url = json.dumps({"url": f.gateway.url}).encode()
         script.behaviour["endpoint"] = ("status", 200, url)
         with anyio.fail_after(5):
@@ -283,7 +287,7 @@ async def test_a_load_answered_with_neither_2xx_nor_4xx_is_retryable(
     """Only a 4xx is the neuron rejecting the load spec (a permanent 404); any
     other non-2xx answer is the neuron failing (503, Retry-After)."""
     script = ScriptedNeuron("s", gpus=2)
-    async with running_fleet(scripted=[script]) as f:
+    async with running_fleet(scripted=[script], policy=ONE_ATTEMPT) as f:
         script.behaviour["load"] = ("status", status, b"{}")
         resp = await f.chat("org/Big-70B")
         assert resp.status == 503

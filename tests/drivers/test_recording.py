@@ -7,12 +7,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from gateway_support import BIG, SMALL, neuron, running_fleet
+from gateway_support import BIG, SMALL, DecisionLines, neuron, running_fleet
 
 from cortex_fsm import Catalogue, Policy, Profile, TraceReader, replay
 from cortex_fsm.health import Phase
-from cortex_fsm.routing import Decision
-from cortex_fsm.trace import LoadEvent, ModelsEvent, RequestEvent, decision_line
+from cortex_fsm.trace import LoadEvent, ModelsEvent, OutcomeEvent, RequestEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +31,6 @@ async def test_replaying_the_recording_gives_the_gateway_decisions(
     anyio_backend: str, tmp_path: Path, name: str
 ) -> None:
     record = tmp_path / name
-    made: list[str] = []
     async with running_fleet(
         neuron("big", BIG, gpus=2, vram_mb=81920),
         neuron("small", SMALL),
@@ -43,11 +41,7 @@ async def test_replaying_the_recording_gives_the_gateway_decisions(
         endpoint_timeout=0.2,
         request_timeout=0.3,
     ) as f:
-
-        def keep(request_id: str, t: float, decision: Decision) -> None:
-            made.append(decision_line(decision, request_id, t))
-
-        f.gateway.journal.decision_listeners.append(keep)
+        made = DecisionLines(f.gateway).lines
         statuses = []
         for model in (BIG, "tier/large", SMALL, "unknown/model", COLD, COLD):
             statuses.append((await f.chat(model)).status)
@@ -62,7 +56,9 @@ async def test_replaying_the_recording_gives_the_gateway_decisions(
         assert (await f.chat(BIG)).status == 200
         await anyio.sleep(0.1)  # a few more polls in the recording
         assert 404 not in statuses[6:]
-    assert len(made) == f.gateway.journal.requests >= 9
+    # one decision per attempt: a request that failed on 'big' before it was
+    # unhealthy had a second attempt, which excluded it
+    assert len(made) >= f.gateway.journal.requests >= 9
 
     out = io.StringIO()
     summary = replay(str(record), out=out)
@@ -78,6 +74,14 @@ async def test_replaying_the_recording_gives_the_gateway_decisions(
     failures = [e for e in events if isinstance(e, ModelsEvent) and not e.ok]
     assert failures and all(e.node == "big" and e.error == "timeout" for e in failures)
     requests = [e for e in events if isinstance(e, RequestEvent)]
-    assert [e.id for e in requests] == [f"r{i}" for i in range(1, len(made) + 1)]
+    assert len(requests) == len(made)
+    firsts = [e.id for e in requests if e.attempt is None]
+    assert firsts == [f"r{i}" for i in range(1, f.gateway.journal.requests + 1)]
+    retried = [e for e in requests if e.attempt is not None]
+    assert retried  # the first request after the stall failed on 'big' while it was healthy
+    assert all(e.attempt == 2 and e.exclude == ("big",) for e in retried)
+    # every attempt has exactly one outcome
+    outcomes = [(e.id, e.attempt) for e in events if isinstance(e, OutcomeEvent)]
+    assert sorted(outcomes) == sorted((e.id, e.attempt or 1) for e in requests)
     times = [e.t for e in events]
     assert times == sorted(times)

@@ -322,12 +322,19 @@ def test_a_cold_load_refused_for_memory_evicts_by_lru_but_never_a_pinned_model(
         assert n2_models["org/Old"] == "unloaded"
         assert n2_models["org/New-on-2"] == "loaded"
         # n1: out of memory, but its only model is pinned there: never evicted
-        status, headers, body = request(
+        status, headers, _ = request(
             "POST", gateway.url + "/v1/chat/completions", chat("org/New-on-1")
         )
         assert status == 503
-        assert headers["x-cortex-outcome"] == "upstream_unavailable"
-        assert "out of memory" in json.loads(body)["error"]["message"]
+        # the refusal stands (a 5xx: upstream_unavailable), so a second attempt is
+        # decided without n1 (semantics §7): no other node may hold the pinned model
+        assert headers["x-cortex-outcome"] == "feasible_node_unhealthy"
+        assert headers["x-cortex-attempt"] == "2"
+        failed = gateway.events("upstream_failed")
+        assert [(e["node"], e["outcome"], e["next"]) for e in failed] == [
+            ("n1", "upstream_unavailable", "failover")
+        ]
+        assert "out of memory" in failed[0]["detail"]
         assert _neuron_models(n1)["org/Pinned"] == "loaded"
         evictions = gateway.events("eviction")
         assert [(e["node"], e["victim"], e["result"]) for e in evictions] == [

@@ -9,16 +9,24 @@ out:
 
 1. steady state: big requests go to ``big``, small requests to the least
    busy small replica;
-2. ``big`` stalls: its polls time out, it turns ``suspect(1)``,
-   ``suspect(2)``, then ``unhealthy``. Big requests get 503 with
-   ``Retry-After: 3`` (first ``upstream_unavailable`` while it is still
-   suspect, then ``feasible_node_unhealthy``) -- never a 404. Small requests
-   keep routing, following the least busy replica;
+2. ``big`` stalls: its polls and the requests sent to it time out, it turns
+   ``suspect(1)``, ``suspect(2)``, then ``unhealthy``. Big requests get 503
+   with ``Retry-After: 3`` (``feasible_node_unhealthy``: the one host able
+   to serve them is down) -- never a 404. Small requests keep routing,
+   following the least busy replica;
 3. ``big`` recovers: one good poll makes it ``healthy`` and big traffic
    returns.
 
+Then a second act (docs/semantics.md Part II): ``small-a``, one of the two
+replicas of the small model, dies right after a poll. Requests that draw it
+fail over to ``small-b`` within the same client request (§7), so clients see
+no error; its request failures make it ``unhealthy`` (§6) before its next
+poll; when it comes back, small requests spread over both replicas again
+(§8: equal loads go to the replica chosen least recently).
+
 Everything is recorded to a trace; at the end the trace is replayed and the
-replay's decisions are compared with the gateway's, one by one.
+replay's decisions are compared with the gateway's, one by one (a failover
+attempt is a decision of its own).
 
 Timings are compressed so the incident takes seconds: polls every 0.5 s with
 a 0.4 s ``/models`` timeout (production defaults: 10 s and 5 s).
@@ -38,6 +46,7 @@ from collections.abc import Callable
 from typing import IO
 
 import anyio
+import anyio.abc
 import attrs
 
 from ..catalogue import Catalogue, Profile
@@ -70,6 +79,10 @@ _PHASE = 1.5  # seconds of traffic in each calm phase
 _WAIT_LIMIT = 15.0  # seconds to wait for a state change before giving up
 
 
+_SMALL_HOSTS = ("small-a", "small-b")
+_DIES = "small-a"  # the replica that dies in the second act
+
+
 @attrs.frozen(kw_only=True)
 class _Outcome:
     t: float
@@ -79,6 +92,7 @@ class _Outcome:
     node: str | None
     outcome: str
     big_state: str
+    attempt: int = 1
 
 
 @attrs.define
@@ -90,6 +104,8 @@ class DemoResult:
     decisions: list[str] = attrs.field(factory=list)
     replayed: list[str] = attrs.field(factory=list)
     checks: list[tuple[str, bool]] = attrs.field(factory=list)
+    marks: dict[str, float] = attrs.field(factory=dict)
+    """When the second act's moments happened (journal time): ``spread``, ``died``."""
 
     @property
     def ok(self) -> bool:
@@ -167,13 +183,45 @@ async def _wait_until(predicate: Callable[[], bool], limit: float = _WAIT_LIMIT)
     return False
 
 
+class _Hosts:
+    """The simulated neurons, each in a scope of its own so it can die and return."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self.neurons: dict[str, FakeNeuron] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    async def start(self, config: FakeNeuronConfig) -> None:
+        neuron = FakeNeuron(config)
+        scope = anyio.CancelScope()
+
+        async def run(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+            with scope:
+                await neuron.run(task_status=task_status)
+
+        await self._tg.start(run)
+        self.neurons[config.name] = neuron
+        self._scopes[config.name] = scope
+
+    def kill(self, name: str) -> None:
+        """The process is gone: its listener and connections close at once."""
+        self._scopes.pop(name).cancel()
+
+    async def restart(self, name: str) -> None:
+        """Start ``name`` again, fresh, on the port it had."""
+        old = self.neurons[name]
+        assert old.port is not None
+        await self.start(attrs.evolve(old.config, port=old.port))
+
+
 async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> DemoResult:
     """Play the incident; write the timeline to ``out``; return what happened."""
     result = DemoResult()
-    neurons = {c.name: FakeNeuron(c) for c in _neuron_configs()}
     async with anyio.create_task_group() as tg:
-        for neuron in neurons.values():
-            await tg.start(neuron.run)
+        hosts = _Hosts(tg)
+        for neuron_config in _neuron_configs():
+            await hosts.start(neuron_config)
+        neurons = hosts.neurons
         fd, access_log = tempfile.mkstemp(prefix="cortex-demo-access-", suffix=".jsonl")
         os.close(fd)
         config = demo_config(neurons, poll_interval, access_log)
@@ -188,8 +236,12 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
                 f"node {tr.node:<8} {tr.from_.label} -> {tr.to.label}   ({tr.cause})", tr.t
             )
 
+        attempts: dict[str, int] = {}
+
         def on_decision(request_id: str, t: float, decision: Decision) -> None:
-            result.decisions.append(decision_line(decision, request_id, t))
+            # A failover attempt reuses its request's id: the n-th decision is attempt n.
+            n = attempts[request_id] = attempts.get(request_id, 0) + 1
+            result.decisions.append(decision_line(decision, request_id, t, None if n == 1 else n))
 
         journal.transition_listeners.append(on_transition)
         journal.decision_listeners.append(on_decision)
@@ -225,10 +277,11 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
 
             timeline.banner("incident: 'big' (the only 2-GPU host) stops answering")
             out.write(
-                "          while suspect, 'big' is still routable: requests try it and get\n"
-                "          503 upstream_unavailable (the reference gateway answered 404 here);\n"
-                "          once unhealthy: 503 feasible_node_unhealthy. "
-                "Both carry Retry-After: 3.\n"
+                "          while suspect, 'big' is still routable: a request tries it, times\n"
+                "          out, and its second attempt, excluding 'big', finds no other host:\n"
+                "          503 feasible_node_unhealthy with Retry-After: 3 (the reference\n"
+                "          gateway answered 404 here). Timed-out requests count as failures\n"
+                "          of 'big' as well as failed polls.\n"
             )
             neurons["big"].stall(600)
             await _wait_until(lambda: engine.state("big").phase is Phase.UNHEALTHY)
@@ -243,6 +296,8 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
             neurons["big"].resume()
             await _wait_until(lambda: engine.state("big").phase is Phase.HEALTHY)
             await anyio.sleep(_PHASE)
+
+            await _second_act(client, gateway, hosts, timeline, result)
             traffic.cancel_scope.cancel()
         await _show_operator_view(out, gateway, access_log)
         tg.cancel_scope.cancel()
@@ -254,6 +309,51 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
     _check(result)
     _report(out, result, record)
     return result
+
+
+async def _second_act(
+    client: HTTPClient, gateway: Gateway, hosts: _Hosts, timeline: _Timeline, result: DemoResult
+) -> None:
+    """One of two small replicas dies: failover, passive health, spreading again."""
+    engine = gateway.engine
+    journal = gateway.journal
+    out = timeline.out
+    timeline.banner(f"second act: '{_DIES}', one of two replicas of the small model, dies")
+    hosts.neurons["small-b"].set_queue(SMALL_MODEL, 0)
+    await _wait_until(
+        lambda: all(
+            engine.snapshot().node(name).busy.get(SMALL_MODEL, 0) == 0 for name in _SMALL_HOSTS
+        )
+    )
+    result.marks["spread"] = journal.now()
+    timeline.line(
+        "both small replicas report queue_depth 0: with equal loads, small requests take\n"
+        "          turns (the replica chosen least recently goes first)"
+    )
+    await anyio.sleep(_PHASE)
+    # Right after a poll of it, so that what follows happens before its next one.
+    last_ok = engine.status(_DIES).last_ok
+    await _wait_until(lambda: engine.status(_DIES).last_ok != last_ok)
+    hosts.kill(_DIES)
+    result.marks["died"] = journal.now()
+    timeline.line(f"{_DIES} dies (its process is gone: connections are refused)")
+    out.write(
+        f"          a request that draws '{_DIES}' fails before its first byte and makes a\n"
+        f"          second attempt that excludes it: 'small-b' answers, the client sees 200.\n"
+        f"          Each such failure also counts against '{_DIES}' (passive health), so it\n"
+        "          turns unhealthy before its next poll. A few clients at once:\n"
+    )
+    out.flush()
+    limit = journal.now() + _WAIT_LIMIT
+    while engine.state(_DIES).routable and journal.now() < limit:
+        async with anyio.create_task_group() as burst:
+            for _ in range(4):
+                burst.start_soon(_one_request, client, gateway, SMALL_MODEL, timeline, result)
+    await anyio.sleep(_PHASE)
+    timeline.banner(f"'{_DIES}' returns")
+    await hosts.restart(_DIES)
+    await _wait_until(lambda: engine.state(_DIES).phase is Phase.HEALTHY)
+    await anyio.sleep(_PHASE)
 
 
 _SHOWN_METRICS = (
@@ -334,6 +434,7 @@ async def _one_request(
     node = resp.header("x-cortex-node")
     retry = resp.header("retry-after")
     outcome = resp.header("x-cortex-outcome") or "?"
+    attempt = resp.header("x-cortex-attempt")
     big = gateway.engine.state("big").label
     result.outcomes.append(
         _Outcome(
@@ -344,13 +445,15 @@ async def _one_request(
             node=node,
             outcome=outcome,
             big_state=big,
+            attempt=int(attempt) if attempt is not None and attempt.isdigit() else 1,
         )
     )
     if resp.status == 200:
         where = f"from {node}"
     else:
         where = f"Retry-After: {retry}" if retry else "(no Retry-After)"
-    timeline.line(f"request {model:<13} -> {resp.status} {where:<18} {outcome}", t)
+    again = f"  (attempt {attempt})" if attempt is not None else ""
+    timeline.line(f"request {model:<13} -> {resp.status} {where:<18} {outcome}{again}", t)
 
 
 def _check(result: DemoResult) -> None:
@@ -363,6 +466,12 @@ def _check(result: DemoResult) -> None:
         (tr.t for tr in result.transitions if tr.node == "big" and tr.from_.label == "unhealthy"),
         math.inf,
     )
+    died = result.marks.get("died", math.inf)
+    spread = result.marks.get("spread", math.inf)
+    dies = [tr for tr in result.transitions if tr.node == _DIES and tr.t >= died]
+    returned = next((tr.t for tr in dies if tr.cause == "poll_ok"), math.inf)
+    before = {o.node for o in small if spread <= o.t < died}
+    again = {o.node for o in small if o.t > returned}
     result.checks = [
         (
             "'big' went healthy -> suspect(1) -> suspect(2) -> unhealthy -> healthy",
@@ -381,14 +490,31 @@ def _check(result: DemoResult) -> None:
             all(o.retry_after is not None for o in result.outcomes if o.status == 503),
         ),
         (
-            "the small model routed throughout, to the least busy replica",
-            bool(small)
-            and all(o.status == 200 for o in small)
-            and {o.node for o in small} == {"small-a", "small-b"},
+            "every small-model request was answered 200, by the least busy replica",
+            bool(small) and all(o.status == 200 for o in small),
         ),
         (
             "big-model traffic returned to 'big' after it recovered",
             any(o.status == 200 and o.node == "big" and o.t > recovered_at for o in big),
+        ),
+        (
+            f"when '{_DIES}' died, no client saw an error: its requests failed over to small-b",
+            any(o.attempt == 2 and o.node == "small-b" and o.t >= died for o in small)
+            and all(o.status == 200 for o in small if o.t >= died),
+        ),
+        (
+            f"'{_DIES}' went unhealthy from request failures, before its next poll",
+            [(tr.to.label, tr.cause.split(":")[0]) for tr in dies[:3]]
+            == [
+                ("suspect(1)", "request_failed"),
+                ("suspect(2)", "request_failed"),
+                ("unhealthy", "request_failed"),
+            ],
+        ),
+        (
+            f"with equal loads small requests went to both replicas, before '{_DIES}' died "
+            "and again after it returned",
+            before == again == set(_SMALL_HOSTS),
         ),
         (
             f"replaying the recorded trace gives the same {len(result.decisions)} decisions",

@@ -6,7 +6,11 @@ so the request is recorded exactly as it was decided -- and then carries the
 decision out: answer a reject, or cold-load, resolve the endpoint and forward.
 A failure after a node was chosen is classified by
 :func:`cortex_fsm.errors.classify_io_failure` (semantics §4 and its extension),
-never here.
+never here; one that is ``upstream_unavailable`` before any byte reached the
+client is decided again without the failed nodes, up to the policy's
+``max_attempts`` (docs/semantics.md §7). Each attempt's outcome is recorded
+through the journal, which makes it passive health (§6) and ends the
+attempt's local in-flight count (§8).
 
 Endpoints::
 
@@ -25,7 +29,8 @@ but a probe gets one access log line (:class:`~cortex_fsm.drivers.logs.AccessLog
 
 Every answer to an inference request carries ``x-cortex-request`` (the id in
 the recording), ``x-cortex-outcome`` (the engine's outcome, or the I/O
-failure's) and, when routed, ``x-cortex-node``.
+failure's), when routed, ``x-cortex-node``, and on a failover attempt
+``x-cortex-attempt``.
 
 Run it with :meth:`Gateway.run` in a task group (``port=0`` in the config
 picks a free port; ``task_status`` reports the bound address), or from the
@@ -46,7 +51,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -131,11 +136,18 @@ _NOT_RELAYED: Final = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "x-cortex-attempt",
         "x-cortex-node",
         "x-cortex-outcome",
         "x-cortex-request",
     }
 )
+_ATTEMPT_HEADER: Final = "x-cortex-attempt"
+#: Canonical ``error`` texts of outcome events (docs/trace-format.md) made here.
+_BAD_ANSWER: Final = "bad_answer"
+_CLIENT_CLOSED: Final = "client_closed"
+_CLIENT_STALLED: Final = "client_stalled"
+_INTERRUPTED: Final = "interrupted"
 #: Client headers passed on to the neuron (never ``authorization`` or ``x-api-key``:
 #: the client's key is this gateway's business; per-neuron headers are configured).
 _FORWARDED_REQUEST_HEADERS: Final = (
@@ -205,13 +217,43 @@ class _Journal(Journal):
 
 
 class _Failed(Exception):
-    """An I/O failure after the node was chosen (carried to the one place that answers it)."""
+    """An I/O failure after the node was chosen, before anything reached the client.
 
-    def __init__(self, phase: IOPhase, cause: IOCause, detail: str) -> None:
+    ``detail`` is for people (messages, logs); ``error`` is the outcome event's
+    canonical text (docs/trace-format.md): a transport reason (``connect``,
+    ``timeout``, ``closed``, ...), ``status:NNN``, or ``bad_answer: ...``.
+    """
+
+    def __init__(self, phase: IOPhase, cause: IOCause, detail: str, error: str) -> None:
         super().__init__(detail)
         self.phase = phase
         self.cause = cause
         self.detail = detail
+        self.error = error
+
+
+def _neuron_failure(phase: IOPhase, exc: NeuronError) -> _Failed:
+    """A failed lifecycle call as a :class:`_Failed`, with its canonical error text."""
+    if exc.cause is IOCause.BAD_BODY:
+        error = f"{_BAD_ANSWER}: {exc.detail}"
+    elif exc.status is not None:
+        error = f"status:{exc.status}"
+    elif isinstance(exc.__cause__, BaseException):
+        error = transport_reason(exc.__cause__)
+    else:
+        error = exc.detail.partition(":")[0]  # made here: "timeout"
+    return _Failed(phase, exc.cause, exc.detail, error)
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """One attempt of a client request (docs/semantics.md §7): its decision and
+    whether its outcome has been recorded."""
+
+    request_id: str
+    number: int
+    decision: Decision
+    settled: bool = False
 
 
 class Gateway:
@@ -742,21 +784,80 @@ class Gateway:
         requested: str,
         hops: str,
     ) -> None:
-        """``hops``: the ``x-cortex-hop`` value to forward (this gateway's token added)."""
-        # Decide first, synchronously (the decision is recorded as it is made) ...
-        request_id, decision = self.journal.request(requested)
-        if not decision.routed:
-            status, headers, body = error_envelope(
-                decision.outcome,
-                model=decision.model,
-                node=decision.subject,
-                retry_after=decision.retry_after,
+        """Carry out one client request in up to ``max_attempts`` attempts (docs/semantics.md §7).
+
+        Each attempt is a decision -- made synchronously, so it is recorded as
+        it is made -- then, when it routes, the calls that carry it out. An
+        attempt that fails with ``upstream_unavailable`` before any byte of its
+        answer reached the client is followed by another decision that excludes
+        every node this request failed on, while attempts remain; anything else
+        (a reject, a success, a 4xx passed through, a 404 of the I/O table, a
+        failure once the answer has begun) is the client's answer. Every
+        attempt ends with exactly one recorded outcome (:meth:`_settle`).
+
+        ``hops``: the ``x-cortex-hop`` value to forward (this gateway's token added).
+        """
+        failed: list[str] = []
+        request_id: str | None = None
+        number = 0
+        while True:
+            number += 1
+            request_id, decision = self.journal.request(
+                requested,
+                exclude=failed,
+                attempt=None if number == 1 else number,
+                request_id=request_id,
             )
-            headers += _tags(request_id, decision.outcome)
-            with contextlib.suppress(HTTPError):
-                await responder.respond(status, headers, body)
-            return
-        # ... then carry it out.
+            attempt = _Attempt(request_id=request_id, number=number, decision=decision)
+            try:
+                if not decision.routed:
+                    await self._answer_reject(responder, attempt)
+                    return
+                failure = await self._carry_out(
+                    request, responder, attempt, path=path, raw=raw, payload=payload, hops=hops
+                )
+            except Exception:
+                # A bug: the server answers 500. End the attempt's in-flight count
+                # all the same (no health event: no error is named).
+                self._settle(attempt, status=500, retry_after=None, source="gateway", error=None)
+                raise
+            if failure is None:
+                return
+            policy = self.engine.policy
+            outcome = classify_io_failure(failure.phase, failure.cause, io_errors=policy.io_errors)
+            if outcome is None:  # only a forwarded 4xx passes through; never a _Failed
+                outcome = Outcome.UPSTREAM_UNAVAILABLE
+            retry = outcome is Outcome.UPSTREAM_UNAVAILABLE and number < policy.max_attempts
+            self._log_failure(attempt, failure, outcome, retry=retry)
+            if not retry:
+                await self._answer_failure(responder, attempt, failure, outcome)
+                return
+            # The answer this attempt would have had is its outcome; nobody saw it.
+            self._settle(
+                attempt,
+                status=outcome.status,
+                retry_after=policy.retry_after(outcome),
+                source="gateway",
+                error=failure.error,
+            )
+            assert decision.node is not None
+            failed.append(decision.node)
+
+    async def _carry_out(
+        self,
+        request: Request,
+        responder: Responder,
+        attempt: _Attempt,
+        *,
+        path: str,
+        raw: bytes,
+        payload: dict[str, Any],
+        hops: str,
+    ) -> _Failed | None:
+        """Load if asked, resolve the endpoint, forward. Returns the failure when
+        nothing was sent to the client yet; otherwise the attempt is answered
+        and settled here."""
+        decision = attempt.decision
         node = decision.node
         assert node is not None
         model = decision.model
@@ -766,9 +867,8 @@ class Gateway:
                 await self._cold_load(node, endpoint, decision)
             base = await self._resolve(node, endpoint, model)
         except _Failed as failure:
-            await self._answer_failure(responder, request_id, decision, failure)
-            return
-        if model != requested:
+            return failure
+        if model != decision.requested:
             payload["model"] = model
             raw = json.dumps(payload).encode()
         target = base + path
@@ -779,14 +879,54 @@ class Gateway:
             value = request.header(name)
             if value is not None:
                 headers.append((name, value))
-        await self._forward(
-            responder,
-            request_id=request_id,
-            decision=decision,
-            target=target,
-            headers=headers,
-            body=raw,
+        return await self._forward(responder, attempt, target=target, headers=headers, body=raw)
+
+    def _settle(
+        self,
+        attempt: _Attempt,
+        *,
+        status: int,
+        retry_after: int | None,
+        source: str,
+        error: str | None,
+    ) -> None:
+        """Record what ``attempt`` got (once): this ends its local in-flight count
+        and is passive health for its node (docs/semantics.md §6, §8).
+
+        It is recorded before the client's answer is complete, so a client
+        that has its answer finds the engine already knowing how it went.
+        """
+        if attempt.settled:
+            return
+        attempt.settled = True
+        self.journal.outcome(
+            attempt.request_id,
+            attempt.number,
+            node=attempt.decision.node,
+            status=status,
+            retry_after=retry_after,
+            source=source,
+            error=error,
         )
+
+    async def _answer_reject(self, responder: Responder, attempt: _Attempt) -> None:
+        decision = attempt.decision
+        status, headers, body = error_envelope(
+            decision.outcome,
+            model=decision.model,
+            node=decision.subject,
+            retry_after=decision.retry_after,
+        )
+        headers += _tags(attempt, decision.outcome)
+        self._settle(
+            attempt,
+            status=status,
+            retry_after=_retry_after(headers),
+            source="gateway",
+            error=None,
+        )
+        with contextlib.suppress(HTTPError):
+            await responder.respond(status, headers, body)
 
     async def _cold_load(self, node: str, endpoint: str, decision: Decision) -> None:
         """``POST /models/load`` once per (node, model) at a time; the outcome is observed."""
@@ -806,9 +946,11 @@ class Gateway:
         else:
             await pending.done.wait()
         if not pending.finished:
-            raise _Failed(IOPhase.LOAD, IOCause.TRANSPORT, "the load was interrupted")
+            raise _Failed(
+                IOPhase.LOAD, IOCause.TRANSPORT, "the load was interrupted", "interrupted"
+            )
         if pending.error is not None:
-            raise _Failed(IOPhase.LOAD, pending.error.cause, pending.error.detail)
+            raise _neuron_failure(IOPhase.LOAD, pending.error)
 
     async def _load_once(self, endpoint: str, spec: LoadSpec) -> NeuronError | None:
         assert self._neurons is not None
@@ -875,7 +1017,9 @@ class Gateway:
         """The model's inference base URL on ``node`` (cached while its model map is unchanged)."""
         assert self._neurons is not None
         key = (node, model)
-        generation = self.journal.generation(node)
+        # A node removed from the fleet while a request to it is under way has no
+        # generation any more: its answers are used, not cached.
+        generation = self.journal.generation(node) if self.engine.has_node(node) else None
         cached = self._endpoint_cache.get(key)
         if cached is not None and cached[0] == generation:
             return cached[1]
@@ -883,39 +1027,44 @@ class Gateway:
             with anyio.fail_after(self.config.endpoint_timeout):
                 url = await self._neurons.resolve_endpoint(endpoint, model)
         except TimeoutError:
-            raise _Failed(IOPhase.ENDPOINT, IOCause.TRANSPORT, "timeout") from None
+            raise _Failed(IOPhase.ENDPOINT, IOCause.TRANSPORT, "timeout", "timeout") from None
         except NeuronError as exc:
-            raise _Failed(IOPhase.ENDPOINT, exc.cause, exc.detail) from None
-        if self.config.endpoint_cache:
+            raise _neuron_failure(IOPhase.ENDPOINT, exc) from None
+        if self.config.endpoint_cache and generation is not None:
             self._endpoint_cache[key] = (generation, url)
         return url
 
     async def _forward(
         self,
         responder: Responder,
+        attempt: _Attempt,
         *,
-        request_id: str,
-        decision: Decision,
         target: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
-    ) -> None:
+    ) -> _Failed | None:
         """Send the request to the neuron; answer with what comes back.
 
-        A small answer with a ``content-length`` (a plain completion) is read
-        whole before anything is sent, so a failure while reading it can still
-        be answered with the right status. Anything else (event streams) is
-        relayed chunk by chunk.
+        Nothing is sent to the client before the first byte of the answer's
+        body has arrived: a small answer with a ``content-length`` (a plain
+        completion) is read whole, anything else (event streams) up to its
+        first chunk, which is then relayed with the rest as it arrives. So a
+        failure up to that point is returned (to be answered, or retried on
+        another node), not half-sent.
         """
-        assert self._http is not None and decision.node is not None
+        assert self._http is not None
+        decision = attempt.decision
         node = decision.node
+        assert node is not None
         io_errors = self.engine.policy.io_errors
+        timeout = self.config.request_timeout
         async with contextlib.AsyncExitStack() as stack:
             upstream: StreamingResponse | None = None
             answer: bytes | None = None
+            first: bytes | None = None
+            chunks: AsyncIterator[bytes] | None = None
             failure: _Failed | None = None
-            outcome: Outcome | None = None
-            with anyio.move_on_after(self.config.request_timeout) as scope:
+            with anyio.move_on_after(timeout) as scope:
                 try:
                     upstream = await stack.enter_async_context(
                         self._http.stream("POST", target, headers=headers, body=body)
@@ -923,92 +1072,130 @@ class Gateway:
                     status = upstream.status
                     if status >= 400:
                         cause = status_cause(status)
-                        outcome = classify_io_failure(IOPhase.FORWARD, cause, io_errors=io_errors)
-                        if outcome is not None:
-                            failure = _Failed(IOPhase.FORWARD, cause, f"answered {status}")
-                    if failure is None and _small(upstream.header("content-length")):
-                        answer = await upstream.read()
+                        verdict = classify_io_failure(IOPhase.FORWARD, cause, io_errors=io_errors)
+                        if verdict is not None:  # else (a 4xx) the answer is passed through
+                            failure = _Failed(
+                                IOPhase.FORWARD, cause, f"answered {status}", f"status:{status}"
+                            )
+                    if failure is None:
+                        scope.deadline = anyio.current_time() + timeout
+                        if _small(upstream.header("content-length")):
+                            answer = await upstream.read()
+                        else:
+                            chunks = upstream.iter_bytes()
+                            first = await anext(chunks, None)
                 except HTTPError as exc:
-                    failure = _Failed(IOPhase.FORWARD, IOCause.TRANSPORT, _describe(exc))
+                    failure = _Failed(
+                        IOPhase.FORWARD, IOCause.TRANSPORT, _describe(exc), transport_reason(exc)
+                    )
             if scope.cancelled_caught:
-                failure = _Failed(IOPhase.FORWARD, IOCause.TRANSPORT, "timeout")
+                failure = _Failed(IOPhase.FORWARD, IOCause.TRANSPORT, "timeout", "timeout")
             if failure is not None:
-                if failure.cause is not IOCause.STATUS_4XX:
-                    self._endpoint_cache.pop((node, decision.model), None)
-                await self._answer_failure(responder, request_id, decision, failure, outcome)
-                return
+                self._endpoint_cache.pop((node, decision.model), None)
+                return failure
             assert upstream is not None
             relayed = [(k, v) for k, v in upstream.headers if k not in _NOT_RELAYED]
-            relayed += _tags(request_id, decision.outcome, node)
-            if answer is not None:
+            relayed += _tags(attempt, decision.outcome, node)
+            if chunks is None:
+                assert answer is not None
+                self._settle(
+                    attempt,
+                    status=upstream.status,
+                    retry_after=_retry_after(relayed),
+                    source="upstream",
+                    error=None,
+                )
                 with contextlib.suppress(HTTPError):
                     await responder.respond(upstream.status, relayed, answer)
-                return
-            await self._relay(responder, request_id, decision, upstream, relayed)
+                return None
+            await self._relay(responder, attempt, upstream, relayed, first=first, chunks=chunks)
+            return None
 
     async def _relay(
         self,
         responder: Responder,
-        request_id: str,
-        decision: Decision,
+        attempt: _Attempt,
         upstream: StreamingResponse,
         headers: list[tuple[str, str]],
+        *,
+        first: bytes | None,
+        chunks: AsyncIterator[bytes],
     ) -> None:
-        """Pass the neuron's answer through, chunk by chunk, as it arrives."""
+        """Pass the neuron's answer through, chunk by chunk, as it arrives.
+
+        ``first`` is the body's first chunk, already read (None: the body is empty).
+        """
+        decision = attempt.decision
         node = decision.node
         assert node is not None
+        status = upstream.status
+        settle = partial(
+            self._settle,
+            attempt,
+            status=status,
+            retry_after=_retry_after(headers),
+            source="upstream",
+        )
         event_stream = (upstream.header("content-type") or "").startswith("text/event-stream")
         framed = upstream.header("content-length") is not None
         try:
-            await responder.start(upstream.status, headers)
+            await responder.start(status, headers)
         except HTTPError:
+            settle(error=_CLIENT_CLOSED)
             return  # the client went away
-        chunks = upstream.iter_bytes()
         timeout = self.config.request_timeout
         failed: BaseException | None = None
         sending = False
         tail = b"\n\n"  # the end of what was relayed (is an event stream between events?)
+        chunk = first
         with anyio.CancelScope() as scope:
-            while True:
-                scope.deadline = anyio.current_time() + timeout
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except HTTPError as exc:
-                    failed = exc
-                    break
+            while chunk is not None:
                 # A client that stops reading gets as long as the neuron would.
                 scope.deadline = anyio.current_time() + timeout
                 sending = True
                 try:
                     await responder.send(chunk)
                 except HTTPError:
-                    return  # the client went away; leaving closes the upstream connection
+                    settle(error=_CLIENT_CLOSED)
+                    return  # leaving closes the upstream connection
                 sending = False
-                if chunk:
-                    tail = (tail + chunk)[-4:]
+                tail = (tail + chunk)[-4:]
+                scope.deadline = anyio.current_time() + timeout
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    chunk = None
+                except HTTPError as exc:
+                    failed = exc
+                    chunk = None
         if scope.cancelled_caught:
             if sending:  # the client stopped reading: drop it (and the upstream with it)
                 _log.warning(
-                    json.dumps({"event": "client_stalled", "request": request_id, "node": node})
+                    json.dumps(
+                        {"event": "client_stalled", "request": attempt.request_id, "node": node}
+                    )
                 )
+                settle(error=_CLIENT_STALLED)
                 await responder.abort()
                 return
             failed = TimeoutError()
         if failed is None:
+            settle(error=None)
             with contextlib.suppress(HTTPError):
                 await responder.end()
             return
         # After the first byte the status cannot change (semantics §4): end an event
-        # stream with an error event; break anything else visibly.
+        # stream with an error event; break anything else visibly. The answer came
+        # from the node, below 500: request_ok; its next poll tells the truth (§6).
         self._endpoint_cache.pop((node, decision.model), None)
         reason = _describe(failed)
+        settle(error=transport_reason(failed))
         _log.warning(
             json.dumps(
                 {
                     "event": "upstream_failed_mid_response",
-                    "request": request_id,
+                    "request": attempt.request_id,
+                    "attempt": attempt.number,
                     "node": node,
                     "model": decision.model,
                     "reason": reason,
@@ -1028,35 +1215,32 @@ class Gateway:
                 return
         await responder.abort()
 
-    async def _answer_failure(
-        self,
-        responder: Responder,
-        request_id: str,
-        decision: Decision,
-        failure: _Failed,
-        outcome: Outcome | None = None,
+    def _log_failure(
+        self, attempt: _Attempt, failure: _Failed, outcome: Outcome, *, retry: bool
     ) -> None:
-        if outcome is None:
-            outcome = classify_io_failure(
-                failure.phase, failure.cause, io_errors=self.engine.policy.io_errors
-            )
-        node = decision.node
-        if outcome is None:  # only a forwarded 4xx passes through; never here
-            outcome = Outcome.UPSTREAM_UNAVAILABLE
+        decision = attempt.decision
         _log.warning(
             json.dumps(
                 {
                     "event": "upstream_failed",
-                    "request": request_id,
-                    "node": node,
+                    "request": attempt.request_id,
+                    "attempt": attempt.number,
+                    "node": decision.node,
                     "model": decision.model,
                     "phase": failure.phase.value,
                     "cause": failure.cause.value,
                     "detail": failure.detail,
                     "outcome": outcome.value,
+                    "next": "failover" if retry else "answer",
                 }
             )
         )
+
+    async def _answer_failure(
+        self, responder: Responder, attempt: _Attempt, failure: _Failed, outcome: Outcome
+    ) -> None:
+        decision = attempt.decision
+        node = decision.node
         template = REJECTS[outcome].message.format(model=decision.model, node=node or "?")
         status, headers, body = error_envelope(
             outcome,
@@ -1065,7 +1249,14 @@ class Gateway:
             message=f"{template} ({failure.detail})",
             retry_after=self.engine.policy.retry_after(outcome),
         )
-        headers += _tags(request_id, outcome, node)
+        headers += _tags(attempt, outcome, node)
+        self._settle(
+            attempt,
+            status=status,
+            retry_after=_retry_after(headers),
+            source="gateway",
+            error=failure.error,
+        )
         with contextlib.suppress(HTTPError):
             await responder.respond(status, headers, body)
 
@@ -1209,11 +1400,26 @@ def _hops(value: str | None) -> list[str]:
     return [token for token in (part.strip() for part in value.split(",")) if token]
 
 
-def _tags(request_id: str, outcome: Outcome, node: str | None = None) -> list[tuple[str, str]]:
-    tags = [("x-cortex-request", request_id), ("x-cortex-outcome", outcome.value)]
+def _tags(attempt: _Attempt, outcome: Outcome, node: str | None = None) -> list[tuple[str, str]]:
+    tags = [("x-cortex-request", attempt.request_id), ("x-cortex-outcome", outcome.value)]
     if node is not None:
         tags.append(("x-cortex-node", node))
+    if attempt.number > 1:
+        tags.append((_ATTEMPT_HEADER, str(attempt.number)))
     return tags
+
+
+def _retry_after(headers: Sequence[tuple[str, str]]) -> int | None:
+    """The ``Retry-After`` seconds among ``headers`` (None: absent, or not in seconds)."""
+    for name, value in headers:
+        if name.lower() == "retry-after":
+            seconds = value.strip()
+            return (
+                int(seconds)
+                if seconds.isascii() and seconds.isdigit() and len(seconds) <= 9
+                else None
+            )
+    return None
 
 
 def _small(content_length: str | None) -> bool:
@@ -1332,7 +1538,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record",
         metavar="TRACE",
-        help="record every observation and request as a trace (.jsonl or .jsonl.gz)",
+        help="record every observation, request and outcome as a trace (.jsonl or .jsonl.gz)",
     )
     parser.add_argument(
         "--allow-config-errors",
