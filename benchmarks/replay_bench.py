@@ -12,9 +12,11 @@
     indexes, without the engine's per-name decision cache -- for fleets of
     3, 30 and 300 nodes with the model loaded on 3 of them, and the
     engine's cached ``Engine.decide()`` for comparison: median microseconds
-    per decision over repeated batches.
+    per decision over repeated batches. Both also with an ``exclude`` set
+    (docs/semantics.md §7): the replica a failover attempt must avoid, the
+    one the decision without it picks. Excluding decisions are never cached.
 
-Usage: python benchmarks/replay_bench.py [--events N] [--workdir DIR] [--quick]
+Usage: python benchmarks/replay_bench.py [--events N] [--workdir DIR] [--quick] [--decide-only]
 """
 
 from __future__ import annotations
@@ -126,14 +128,32 @@ def bench_decide(batches: int) -> list[str]:
     base = None
     for n in (3, 30, 300):
         engine, catalogue = _fleet(n)
+        policy = engine.policy
+        chosen = engine.decide("alias").node
+        assert chosen is not None
+        exclude = frozenset({chosen})
+        assert engine.decide("alias", exclude).node not in (None, chosen)
         pure = _median_us(
-            lambda r, e=engine, c=catalogue: decide(e, c, r),  # type: ignore[misc]
+            lambda r, e=engine, c=catalogue, p=policy: decide(e, c, r, p),  # type: ignore[misc]
+            batches,
+            2000,
+        )
+        pure_ex = _median_us(
+            lambda r, e=engine, c=catalogue, p=policy, x=exclude: decide(e, c, r, p, x),  # type: ignore[misc]
             batches,
             2000,
         )
         cached = _median_us(engine.decide, batches, 2000)
+        engine_ex = _median_us(
+            lambda r, e=engine, x=exclude: e.decide(r, x),  # type: ignore[misc]
+            batches,
+            2000,
+        )
         base = base or pure
-        rows.append(f"| {n} | 3 | {pure:.2f} µs | {pure / base:.2f}x | {cached:.2f} µs |")
+        rows.append(
+            f"| {n} | 3 | {pure:.2f} µs | {pure / base:.2f}x | {pure_ex:.2f} µs | "
+            f"**{pure_ex / pure:.2f}x** | {cached:.2f} µs | {engine_ex:.2f} µs |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -144,22 +164,27 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="best of N timings")
     parser.add_argument("--quick", action="store_true", help="100k events, 1 round")
+    parser.add_argument("--decide-only", action="store_true", help="only (b)")
     args = parser.parse_args()
     if args.quick:
         args.events, args.rounds = 100_000, 1
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cortex-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, workdir {workdir}")
-    print("\n(a) replay throughput vs parse-only (lines/s, best of rounds)\n")
-    print(
-        "| nodes | lines | size | json.loads (text) | json.loads (binary) | raw_decode "
-        "| replay | replay / json.loads | replay / raw_decode |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    bench_replay(args.events, workdir, args.rounds)
+    if not args.decide_only:
+        print("\n(a) replay throughput vs parse-only (lines/s, best of rounds)\n")
+        print(
+            "| nodes | lines | size | json.loads (text) | json.loads (binary) | raw_decode "
+            "| replay | replay / json.loads | replay / raw_decode |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        bench_replay(args.events, workdir, args.rounds)
     print("\n(b) decide() median per decision, model loaded on 3 nodes\n")
-    print("| nodes | replicas | routing.decide | vs 3 nodes | Engine.decide (cached) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| nodes | replicas | routing.decide | vs 3 nodes | ... excluding the chosen replica "
+        "| exclude / none | Engine.decide (cached) | Engine.decide excluding |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     bench_decide(50)
     return 0
 
