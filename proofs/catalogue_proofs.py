@@ -1,4 +1,4 @@
-"""CrossHair proof that the feasibility kernel is semantics §3 rule 5.
+"""CrossHair proof that the feasibility kernel is docs/semantics.md §3 rule 5.
 
 ``catalogue.feasible`` (what routing and the engine's index use) against
 ``invariants.spec_feasible`` (the rule, word for word), for every profile
@@ -62,7 +62,7 @@ def prove_load_spec(
     floor: int,
     source: int,
 ) -> bool:
-    """The load spec of a feasible node is the one semantics §3 describes
+    """The load spec of a feasible node is the one docs/semantics.md §3 describes
     (devices: the first min_devices with enough VRAM, in discovery order;
     tensor_parallel when min_devices > 1; model_id "source:id" when a source
     is set).

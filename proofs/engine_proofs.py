@@ -1,6 +1,6 @@
 """CrossHair proof of F1 over the engine's model-map bookkeeping.
 
-semantics §2: on poll_ok the node's model map becomes exactly the reported
+docs/semantics.md §2: on poll_ok the node's model map becomes exactly the reported
 list; on poll_failed it is kept. The harness feeds a real ``Engine`` (one
 node) two polls chosen symbolically -- each successful or failed, reporting
 model ``x`` (loaded, or recovering in the first poll) or not, and ``y`` or not --

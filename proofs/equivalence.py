@@ -2,7 +2,7 @@
 
 ``via_step`` interprets the table (``health.step``, the source of truth);
 ``via_table`` looks the pair up in ``HealthTable(T)`` (the engine's hot
-path, expanded from the table); ``via_if_chain`` is semantics §2's table
+path, expanded from the table); ``via_if_chain`` is docs/semantics.md §2's table
 written as plain ``if`` statements here. Out-of-domain inputs (an invalid
 state or threshold) give None in all three, so only the domain is compared.
 """

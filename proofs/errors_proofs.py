@@ -1,4 +1,4 @@
-"""CrossHair proofs over the reject classification (semantics §4).
+"""CrossHair proofs over the reject classification (docs/semantics.md §4).
 
 R2 for every outcome as the client sees it (the OpenAI envelope's status and
 headers), and R8 for every I/O failure the gateway classifies.

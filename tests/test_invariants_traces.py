@@ -164,7 +164,7 @@ def traces(draw: st.DrawFn) -> tuple[TraceHeader, list[Event]]:
 
 
 def _valid_report(body: object) -> dict[str, ModelStatus] | None:
-    """The spec's reading of a /models body (semantics §1), written out again."""
+    """The spec's reading of a /models body (docs/semantics.md §1), written out again."""
     if not isinstance(body, list):
         return None
     out = {}

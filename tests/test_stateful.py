@@ -9,7 +9,7 @@ fleets of 1-4 nodes and failure thresholds 1-5.
 
 After every step it checks every invariant (``cortex_fsm.verify.invariants``)
 on the engine's state, and every decision is compared with the naive model
-below, which re-reads semantics.md in the plainest possible way: health is
+below, which re-reads docs/semantics.md in the plainest possible way: health is
 "has it ever answered, and how many polls failed since", routing is the
 ordered list of rules over full scans. Nothing in the naive model is shared
 with the code under test.
@@ -183,7 +183,7 @@ def naive_decide(
     requested: str,
     threshold: int,
 ) -> tuple[str, str | None, str | None, tuple[Any, ...] | None]:
-    """(outcome, node, subject, load) by the ordered rules of semantics §3."""
+    """(outcome, node, subject, load) by the ordered rules of docs/semantics.md §3."""
     model = aliases.get(requested, requested)
     up = sorted((n for n in nodes if n.routable(threshold)), key=lambda n: n.name)
     if not up:

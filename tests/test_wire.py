@@ -1,4 +1,4 @@
-"""Validation of neuron JSON (semantics §1)."""
+"""Validation of neuron JSON (docs/semantics.md §1)."""
 
 from __future__ import annotations
 

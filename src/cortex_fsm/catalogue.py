@@ -7,7 +7,7 @@ and how to ask a neuron to load it. The catalogue is read from the gateway's
 trace header's ``catalogue`` object; both go through
 :func:`catalogue_from_mapping`, so the same typo is the same error everywhere.
 
-Feasibility (semantics §3 rule 5) and the load spec are pure functions of a
+Feasibility (docs/semantics.md §3 rule 5) and the load spec are pure functions of a
 profile, a node name and that node's cached discovery.
 """
 
@@ -131,7 +131,7 @@ class Catalogue:
 
 
 def feasible(profile: Profile, node: str, discovery: Discovery | None) -> bool:
-    """Can ``node`` ever host ``profile``? (semantics §3 rule 5)."""
+    """Can ``node`` ever host ``profile``? (docs/semantics.md §3 rule 5)."""
     if discovery is None:
         return False
     if profile.pinned_on and node not in profile.pinned_on:

@@ -561,7 +561,7 @@ class Engine:
         return self.observe_request(node, t, ok, reason)
 
     def eviction_candidate(self, node: str) -> str | None:
-        """LRU eviction on ``node`` (semantics §5): the loaded, unpinned model
+        """LRU eviction on ``node`` (docs/semantics.md §5): the loaded, unpinned model
         accessed longest ago (never-accessed first; ties by id), or None."""
         rec = self._node(node)
         best: tuple[bool, float, str] | None = None

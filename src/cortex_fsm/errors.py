@@ -1,4 +1,4 @@
-"""Outcomes, reject classification and the OpenAI error envelope (semantics §4).
+"""Outcomes, reject classification and the OpenAI error envelope (docs/semantics.md §4).
 
 Every outcome a request can have is an :class:`Outcome`. The three routing
 outcomes send the request somewhere; every other outcome is a *reject* and
@@ -119,7 +119,7 @@ class ErrorClass:
 
 _UNAVAILABLE = "service_unavailable"
 
-#: semantics §4, one row per reject.
+#: docs/semantics.md §4, one row per reject.
 REJECTS: Mapping[Outcome, ErrorClass] = {
     Outcome.MODEL_NOT_FOUND: ErrorClass(
         status=404,
@@ -230,7 +230,7 @@ def status_cause(status: int) -> IOCause:
     return IOCause.STATUS_4XX if 400 <= status < 500 else IOCause.STATUS_5XX
 
 
-#: The gateway's classification (semantics §4 extension, the default).
+#: The gateway's classification (docs/semantics.md §4 extension, the default).
 IO_FAILURES: Mapping[tuple[IOPhase, IOCause], Outcome] = {
     (IOPhase.LOAD, IOCause.TRANSPORT): Outcome.UPSTREAM_UNAVAILABLE,
     (IOPhase.LOAD, IOCause.STATUS_5XX): Outcome.UPSTREAM_UNAVAILABLE,

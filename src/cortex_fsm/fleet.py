@@ -97,7 +97,7 @@ class Discovery:
     """A neuron's topology, from ``/discovery``.
 
     ``max_prompt_tokens > 0`` marks a complete discovery: once cached it is
-    never fetched again (semantics §1).
+    never fetched again (docs/semantics.md §1).
     """
 
     devices: tuple[Device, ...]

@@ -1,4 +1,4 @@
-"""Validation of neuron JSON (semantics §1) into typed values.
+"""Validation of neuron JSON (docs/semantics.md §1) into typed values.
 
 Nothing here raises on bad input. A ``/models`` answer becomes either a
 :class:`~cortex_fsm.fleet.ModelsReport` (a successful poll) or a

@@ -1,4 +1,4 @@
-"""Failures after a node was chosen: semantics §4, the required extension and R8."""
+"""Failures after a node was chosen: docs/semantics.md §4, the required extension and R8."""
 
 from __future__ import annotations
 

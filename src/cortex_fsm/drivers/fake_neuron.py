@@ -1,6 +1,6 @@
 """A simulated neuron (GPU host) for demos and tests.
 
-It answers the neuron daemon's HTTP API (semantics.md sections 1 and 3) over
+It answers the neuron daemon's HTTP API (docs/semantics.md §1 and §3) over
 a real socket, so the poller and the gateway can be exercised end to end
 without GPUs:
 
@@ -127,7 +127,7 @@ __all__ = [
 ]
 
 MODEL_STATUSES: Final = ("loaded", "unloaded", "reloading", "loading", "recovering")
-"""Model statuses a neuron reports (semantics.md section 1)."""
+"""Model statuses a neuron reports (docs/semantics.md §1)."""
 
 _SERVING: Final = ("loaded", "reloading")
 _HARNESS: Final = "candle"

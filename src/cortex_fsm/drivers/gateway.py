@@ -5,7 +5,7 @@ engine -- synchronously, through the :class:`~cortex_fsm.drivers.journal.Journal
 so the request is recorded exactly as it was decided -- and then carries the
 decision out: answer a reject, or cold-load, resolve the endpoint and forward.
 A failure after a node was chosen is classified by
-:func:`cortex_fsm.errors.classify_io_failure` (semantics §4 and its extension),
+:func:`cortex_fsm.errors.classify_io_failure` (docs/semantics.md §4 and its extension),
 never here; one that is ``upstream_unavailable`` before any byte reached the
 client is decided again without the failed nodes, up to the policy's
 ``max_attempts`` (docs/semantics.md §7). Each attempt's outcome is recorded
@@ -290,7 +290,7 @@ class Gateway:
         )
         self.client_limits = Limits(max_keepalive_per_host=256)
         self.cycles: dict[str, int] = {}
-        """Lifecycle cycles (evictions) per node since start (semantics §5)."""
+        """Lifecycle cycles (evictions) per node since start (docs/semantics.md §5)."""
         self.server = ServerControl()
         """Drains the HTTP server (see :meth:`drain`)."""
         self._live: set[_Exchange] = set()
@@ -966,7 +966,7 @@ class Gateway:
     async def _load_evicting(
         self, node: str, endpoint: str, decision: Decision
     ) -> NeuronError | None:
-        """Load; if the neuron is out of memory, evict by LRU (semantics §5) and load once more.
+        """Load; if the neuron is out of memory, evict (LRU, docs/semantics.md §5) and load again.
 
         The victim is the engine's :meth:`~cortex_fsm.engine.Engine.eviction_candidate`
         (loaded, not pinned on ``node``, accessed longest ago); its unload is
@@ -1184,7 +1184,7 @@ class Gateway:
             with contextlib.suppress(HTTPError):
                 await responder.end()
             return
-        # After the first byte the status cannot change (semantics §4): end an event
+        # After the first byte the status cannot change (docs/semantics.md §4): end an event
         # stream with an error event; break anything else visibly. The answer came
         # from the node, below 500: request_ok; its next poll tells the truth (§6).
         self._endpoint_cache.pop((node, decision.model), None)

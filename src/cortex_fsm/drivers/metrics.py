@@ -186,7 +186,7 @@ class GatewayMetrics:
         )
         self.evictions = Counter(
             "cortex_evictions_total",
-            "Models unloaded to make room for a cold load (semantics §5), by result",
+            "Models unloaded to make room for a cold load (docs/semantics.md §5), by result",
             ["node", "result"],
             registry=registry,
         )

@@ -1,4 +1,4 @@
-"""Talking to one neuron's daemon API (semantics §1 and §3), over :class:`HTTPClient`.
+"""Talking to one neuron's daemon API (docs/semantics.md §1 and §3), over :class:`HTTPClient`.
 
 Nothing here decides anything. The poll fetches (``/discovery``, ``/models``,
 ``/health``) come back as a :class:`Fetched` value -- the answer or the
@@ -132,7 +132,7 @@ def load_body(spec: LoadSpec) -> bytes:
 
 
 def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
-    """semantics §3: a loopback host in ``url`` becomes the neuron endpoint's host.
+    """docs/semantics.md §3: a loopback host in ``url`` becomes the neuron endpoint's host.
 
     Port, path and query of ``url`` are kept; the result has no trailing ``/``.
     """

@@ -1,6 +1,6 @@
 """The poller: every ``poll_interval``, per neuron: discovery (while needed), models, health.
 
-Exactly semantics §1: each answer -- or the reason there is none -- becomes
+Exactly docs/semantics.md §1: each answer -- or the reason there is none -- becomes
 one observation through the :class:`~cortex_fsm.drivers.journal.Journal`, in
 the order discovery, models, health. Whether discovery is still needed is the
 engine's call (:meth:`Engine.needs_discovery`), not ours.
@@ -11,7 +11,7 @@ observations stay in order. A round that takes longer than the interval is
 followed by the next one at once; missed ticks are not made up in a burst.
 
 A ``/discovery`` or ``/health`` answer that is missing or fails validation
-changes no health (semantics §1), so nothing else would show it: the reason
+changes no health (docs/semantics.md §1), so nothing else would show it: the reason
 is logged as one JSON line on the ``cortex_fsm.poller`` logger when it
 appears or changes, and once more when the answers are usable again.
 """

@@ -72,7 +72,7 @@ __all__ = [
     "with_assignments",
 ]
 
-#: Backend kinds (semantics §11); only ``neuron`` nodes have a topology and load models.
+#: Backend kinds (docs/semantics.md §11); only ``neuron`` nodes have a topology and load models.
 KINDS = ("neuron", "openai", "vllm", "sglang", "llamacpp", "ollama")
 ARRIVAL_FORMATS = ("azure", "burstgpt", "mooncake")
 

@@ -1,4 +1,4 @@
-"""Verification of the core: the invariants of semantics.md as predicates, the
+"""Verification of the core: the invariants of docs/semantics.md as predicates, the
 model checker that drives the real engine over its abstract state space, and
 the export of a Promela model for Spin.
 

@@ -74,7 +74,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Explore the engine's abstract state space breadth first (the real engine, "
         "every observation of a small complete alphabet from every reachable state) "
-        "and check every invariant of semantics.md on every state and decision. "
+        "and check every invariant of docs/semantics.md on every state and decision. "
         "Exit 0: all hold; 1: a violation (shortest counterexample printed and "
         "written as a v1 trace that 'cortex-fsm replay' reproduces); 2: bad arguments."
     )

@@ -257,7 +257,7 @@ class Move:
 
 def alphabet(names: Sequence[str]) -> dict[str, tuple[Move, ...]]:
     """Per node, every move of the alphabet (discovery moves apply only while a
-    node has none: a complete discovery is never replaced, semantics §1)."""
+    node has none: a complete discovery is never replaced, docs/semantics.md §1)."""
     out = {}
     for name in names:
         moves = [Move("models", name, v) for v in _POLLS]

@@ -1,4 +1,4 @@
-"""The invariants of semantics.md (H1-H4, R1-R7), written once, as predicates.
+"""The invariants of docs/semantics.md (H1-H4, R1-R7), written once, as predicates.
 
 Every check in the verification suite -- the hypothesis tests, the model
 checker (:mod:`cortex_fsm.verify.explorer`), the CrossHair proofs and the
@@ -9,7 +9,7 @@ Theory of operation
 The predicates are written from the *specification*, not from the code they
 check. Where an invariant needs a notion the code also implements
 (feasibility, alias resolution, "a node holds the model as recovering"), it is
-computed here again, literally from semantics §3 (:func:`spec_feasible`,
+computed here again, literally from docs/semantics.md §3 (:func:`spec_feasible`,
 :func:`spec_model`). Were the predicates to call ``catalogue.feasible``, a bug
 in it would be invisible to every check built on them.
 
@@ -29,9 +29,9 @@ and map entries in other orders for it.
 Beyond H1-H4 and R1-R7, two predicates make the rest of the text checkable:
 
 * ``F1`` -- a node's model map is exactly what its observations say
-  (semantics §2: a successful poll replaces the map; a failed one keeps it;
+  (docs/semantics.md §2: a successful poll replaces the map; a failed one keeps it;
   load and unload outcomes edit it);
-* ``SPEC`` -- the decision is the one the ordered rules of semantics §3,
+* ``SPEC`` -- the decision is the one the ordered rules of docs/semantics.md §3,
   read literally (:func:`spec_decide`), give.
 
 All predicates are pure and total, contain no contracts of their own (so
@@ -97,7 +97,7 @@ INVARIANTS: Mapping[str, str] = {
     "R6": "the loaded replica chosen is the least loaded routable one, ties by name",
     "R7": "a cold-load target is routable and feasible, and pinned if any candidate is",
     "F1": "a node's model map is exactly what its polls, loads and unloads say",
-    "SPEC": "the decision is the one the ordered rules of semantics §3 give",
+    "SPEC": "the decision is the one the ordered rules of docs/semantics.md §3 give",
 }
 HEALTH_INVARIANTS = ("H1", "H2", "H3", "H4")
 ROUTING_INVARIANTS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7")
@@ -200,7 +200,7 @@ def spec_model(catalogue: Catalogue, requested: str) -> str:
 
 
 def spec_feasible(profile: Profile, name: str, discovery: Discovery | None) -> bool:
-    """Semantics §3 rule 5, word for word (independent of ``catalogue.feasible``)."""
+    """docs/semantics.md §3 rule 5, word for word (independent of ``catalogue.feasible``)."""
     if discovery is None:
         return False
     if len(profile.pinned_on) > 0 and name not in profile.pinned_on:
@@ -217,7 +217,7 @@ def spec_feasible(profile: Profile, name: str, discovery: Discovery | None) -> b
 
 
 def spec_load(profile: Profile, discovery: Discovery) -> LoadSpec:
-    """Semantics §3: the load spec posted for a cold load."""
+    """docs/semantics.md §3: the load spec posted for a cold load."""
     floor = 0 if profile.min_device_vram_mb is None else profile.min_device_vram_mb
     devices: list[int] = []
     for device in discovery.devices:
@@ -251,7 +251,7 @@ class SpecDecision:
 
 
 def spec_decide(fleet: FleetSnapshot, catalogue: Catalogue, requested: str) -> SpecDecision:
-    """Semantics §3, rule by rule, in order; the first rule that applies decides.
+    """docs/semantics.md §3, rule by rule, in order; the first rule that applies decides.
 
     Deliberately naive: full scans, explicit sorts, no indexes, no tables.
     """
