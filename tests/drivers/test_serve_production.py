@@ -327,7 +327,7 @@ def test_a_cold_load_refused_for_memory_evicts_by_lru_but_never_a_pinned_model(
         )
         assert status == 503
         # the refusal stands (a 5xx: upstream_unavailable), so a second attempt is
-        # decided without n1 (semantics §7): no other node may hold the pinned model
+        # decided without n1 (docs/semantics.md §7): no other node may hold the pinned model
         assert headers["x-cortex-outcome"] == "feasible_node_unhealthy"
         assert headers["x-cortex-attempt"] == "2"
         failed = gateway.events("upstream_failed")
