@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from cortex_fsm.errors import REJECTS, Outcome
+from cortex_fsm.policy import KEYS
+from cortex_fsm.routing import CONDITIONS, RULES
 from cortex_fsm.tables import health_markdown, routing_markdown
+from cortex_fsm.trace import EVENT_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -91,3 +97,86 @@ def test_the_spec_is_cited_as_docs_semantics_md() -> None:
         if STRAY.search(line)
     ]
     assert not stray, "cite docs/semantics.md:\n" + "\n".join(stray)
+
+
+def _table(header: str) -> list[list[str]]:
+    """The body rows of the one table of the spec whose header row starts so."""
+    lines = SPEC.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(header)]
+    assert len(starts) == 1, f"docs/semantics.md: {len(starts)} tables start {header!r}"
+    rows = []
+    for line in lines[starts[0] + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _literal(cell: str) -> object:
+    try:
+        return json.loads(cell.strip("`"))
+    except ValueError:
+        return cell
+
+
+def test_the_spec_lists_the_policy_keys_of_the_code() -> None:
+    rows = _table("| key | type / range | default | reference value |")
+    assert [row[0].strip("`") for row in rows] == list(KEYS)
+    for key, _range, default, reference, _section in rows:
+        spec = KEYS[key.strip("`")]
+        assert _literal(default) == spec.default, key
+        if spec.reference is not None:  # a Part II key
+            assert _literal(reference) == spec.reference, key
+
+
+def test_the_spec_lists_the_rejects_of_the_code() -> None:
+    rows = _table("| error ")
+    assert {row[0].strip("`") for row in rows} == {
+        o.value for o in REJECTS if o is not Outcome.UPSTREAM_UNAVAILABLE
+    }
+    for name, status, type_, code, retry_after in rows:
+        cls = REJECTS[Outcome(name.strip("`"))]
+        assert (int(status), type_, code) == (cls.status, cls.type, cls.code), name
+        assert _literal(retry_after) == (cls.retry_after or "—"), name
+
+
+def test_the_spec_lists_the_trace_events_of_the_code() -> None:
+    kinds = [
+        kind
+        for row in _table("| event | effect on the engine |")
+        for kind in re.findall(r"`(\w+)`", re.sub(r"\(.*\)", "", row[0]))
+    ]
+    assert sorted(kinds) == sorted(EVENT_KINDS)
+
+
+def test_the_whole_decision_in_the_spec_is_the_code_s_table() -> None:
+    mark = {"T": True, "F": False}
+    written = sorted(
+        (
+            row[0],
+            tuple((c, mark[v]) for c, v in zip(CONDITIONS, row[1:-1], strict=True) if v != "-"),
+            row[-1].strip("`"),
+        )
+        for row in _table("| rule | any live |")
+    )
+    coded = sorted((r.rule, tuple(sorted(r.when)), r.outcome.value) for r in RULES)
+    assert written == coded
+
+
+def test_the_names_the_spec_gives_for_the_code_exist() -> None:
+    modules = {
+        name: importlib.import_module(f"cortex_fsm.{name}")
+        for name in ("engine", "errors", "health", "policy", "routing", "trace")
+    }
+    rows = _table("| term on this page | in the code |")
+    missing = []
+    for dotted in re.findall(r"`([A-Za-z_]+\.[A-Za-z_]+)`", " ".join(row[1] for row in rows)):
+        owner, name = dotted.split(".")
+        if owner in modules:
+            found = hasattr(modules[owner], name)
+        else:
+            classes = [getattr(m, owner) for m in modules.values() if hasattr(m, owner)]
+            found = any(hasattr(c, name) for c in classes)
+        if not found:
+            missing.append(dotted)
+    assert not missing, f"docs/semantics.md names what the code does not have: {missing}"
