@@ -500,7 +500,7 @@ async def test_json_helper_and_bad_urls(anyio_backend: str) -> None:
         with pytest.raises(InvalidJSON, match="not JSON"):
             resp.json()
         with pytest.raises(UsageError):
-            await client.request("GET", "https://example.invalid/")
+            await client.request("GET", "ftp://example.invalid/")
         with pytest.raises(UsageError):
             await client.request("GET", "http:///nohost")
         with pytest.raises(UsageError):

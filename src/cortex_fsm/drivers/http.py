@@ -22,6 +22,7 @@ Exceptions::
 
     HTTPError                      base of everything raised here
     +-- ConnectError               refused, unresolvable, unreachable, cannot listen
+    |   +-- TLSError               the TLS handshake failed (an untrusted certificate...)
     +-- RemoteProtocolError        the peer sent something that is not HTTP/1.1
     +-- ConnectionClosedError      the peer went away (mid-message, reset, broken pipe)
     +-- TooLarge
@@ -35,6 +36,7 @@ Client::
     async with HTTPClient(limits=Limits()) as client:
         resp = await client.request("GET", "http://10.0.0.5:8080/models")
         resp.status, resp.headers, resp.body, resp.json(), resp.header("x-a")
+        resp = await client.request("GET", "https://gpu-a.lan/health", tls=context)
 
         async with client.stream("POST", url, headers=[...], body=chunks) as resp:
             async for chunk in resp.iter_bytes(): ...      # or: await resp.read()
@@ -42,7 +44,11 @@ Client::
 ``body`` is ``bytes`` (sent with ``content-length``), an async iterable of
 ``bytes`` (sent chunked unless the caller gives a ``content-length``) or
 ``None``. Response headers are ``(lowercased name, value)`` string pairs.
-Idle connections are kept per ``(host, port)``, at most
+``https://`` URLs are spoken over TLS with the certificate and host name
+checked: against ``tls`` (an ``ssl.SSLContext``, e.g. from
+``ssl.create_default_context(cafile=...)`` to trust a private CA) when
+given, else against the system's trusted CAs. A handshake that fails is a
+:class:`TLSError`. Idle connections are kept per ``(host, port, TLS context)``, at most
 :attr:`Limits.max_keepalive_per_host` of them. A connection goes back to the
 pool only when its response was read to the end and both sides agree to keep
 it alive; anything else (an unread body, an error, a cancellation) closes it.
@@ -66,6 +72,7 @@ Server::
         #     await responder.send(b"..."); await responder.end()
 
     host, port = await task_group.start(partial(serve, handler, port=0))
+    # serve(..., tls=context) speaks TLS (HTTPS) with a server-side ssl.SSLContext
 
 Every status line the server sends carries its reason phrase
 (:func:`reason_phrase`). A :class:`ServerControl` passed to :func:`serve`
@@ -102,6 +109,7 @@ import json
 import logging
 import re
 import select
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, NoReturn, TypeAlias, cast
 from urllib.parse import urlsplit
@@ -111,6 +119,7 @@ import anyio.abc
 import attrs
 import h11
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 
 from ..wire import load_json
 
@@ -133,6 +142,7 @@ __all__ = [
     "ServerControl",
     "Response",
     "StreamingResponse",
+    "TLSError",
     "TooLarge",
     "UsageError",
     "default_error_response",
@@ -175,6 +185,10 @@ class HTTPError(Exception):
 
 class ConnectError(HTTPError):
     """No connection: refused, unresolvable, unreachable (or cannot listen)."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: an untrusted or mismatched certificate, or no TLS at all."""
 
 
 class RemoteProtocolError(HTTPError):
@@ -235,6 +249,13 @@ def _decode_headers(headers: Sequence[tuple[bytes, bytes]]) -> HeaderPairs:
     return tuple(
         (name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in headers
     )
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """``certificate verify failed: self-signed certificate`` rather than the whole repr."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    return exc.reason or str(exc)
 
 
 def _find_header(headers: HeaderPairs, name: str) -> str | None:
@@ -354,7 +375,8 @@ class _Wire:
         self.broken = True
         try:
             with anyio.move_on_after(_LINGER_SECONDS):
-                await self.stream.send_eof()
+                with contextlib.suppress(NotImplementedError):  # TLS streams have no half-close
+                    await self.stream.send_eof()
                 drained = 0
                 while drained < _LINGER_MAX_BYTES:
                     drained += len(await self.stream.receive(_READ_SIZE))
@@ -398,9 +420,7 @@ class Response:
 
 
 class _ClientConnection(_Wire):
-    def __init__(
-        self, stream: anyio.abc.SocketStream, key: tuple[str, int], limits: Limits
-    ) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, key: _PoolKey, limits: Limits) -> None:
         super().__init__(stream, h11.CLIENT, limits)
         self.key = key
         self.socket_stream = stream
@@ -510,6 +530,12 @@ class _Target:
     port: int
     target: str
     host_header: str
+    tls: bool = False
+
+
+_PoolKey: TypeAlias = tuple[str, int, ssl.SSLContext | None]
+"""Idle connections are kept per ``(host, port, TLS context or None)``."""
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 def _parse_url(url: str) -> _Target:
@@ -518,18 +544,19 @@ def _parse_url(url: str) -> _Target:
         port = parts.port
     except ValueError as exc:
         raise UsageError(f"invalid URL {url!r}: {exc}") from None
-    if parts.scheme != "http":
-        raise UsageError(f"only http:// URLs are supported, got {url!r}")
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    if default is None:
+        raise UsageError(f"only http:// and https:// URLs are supported, got {url!r}")
     host = parts.hostname
     if not host:
         raise UsageError(f"URL has no host: {url!r}")
-    port = 80 if port is None else port
+    port = default if port is None else port
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     shown = f"[{host}]" if ":" in host else host
-    host_header = shown if port == 80 else f"{shown}:{port}"
-    return _Target(host, port, target, host_header)
+    host_header = shown if port == default else f"{shown}:{port}"
+    return _Target(host, port, target, host_header, tls=parts.scheme == "https")
 
 
 class HTTPClient:
@@ -542,7 +569,8 @@ class HTTPClient:
 
     def __init__(self, *, limits: Limits | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
-        self._idle: dict[tuple[str, int], list[_ClientConnection]] = {}
+        self._idle: dict[_PoolKey, list[_ClientConnection]] = {}
+        self._default_tls: ssl.SSLContext | None = None
         self._targets: dict[str, _Target] = {}  # parsed URLs (a client talks to few)
         self._closed = False
 
@@ -567,9 +595,14 @@ class HTTPClient:
         *,
         headers: Sequence[tuple[str, str]] = (),
         body: RequestBody = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Response:
-        """Send a request and read the whole response (bounded by ``max_body_bytes``)."""
-        async with self.stream(method, url, headers=headers, body=body) as resp:
+        """Send a request and read the whole response (bounded by ``max_body_bytes``).
+
+        ``tls``: the context that checks an ``https://`` server (default: the
+        system's trusted CAs); unused for ``http://``.
+        """
+        async with self.stream(method, url, headers=headers, body=body, tls=tls) as resp:
             data = await resp.read()
         return Response(status=resp.status, headers=resp.headers, body=data)
 
@@ -581,6 +614,7 @@ class HTTPClient:
         *,
         headers: Sequence[tuple[str, str]] = (),
         body: RequestBody = None,
+        tls: ssl.SSLContext | None = None,
     ) -> AsyncIterator[StreamingResponse]:
         """Send a request; yield the response as soon as its head has arrived.
 
@@ -597,7 +631,10 @@ class HTTPClient:
             self._targets[url] = target
         request = self._build_request(method, target, headers, body)
         replayable = body is None or isinstance(body, bytes)
-        key = (target.host, target.port)
+        context = None
+        if target.tls:
+            context = tls if tls is not None else self._system_tls()
+        key = (target.host, target.port, context)
 
         conn, reused = await self._acquire(key)
         try:
@@ -651,7 +688,12 @@ class HTTPClient:
         except (UnicodeEncodeError, TypeError) as exc:
             raise UsageError(f"request cannot be sent: {exc}") from None
 
-    async def _acquire(self, key: tuple[str, int]) -> tuple[_ClientConnection, bool]:
+    def _system_tls(self) -> ssl.SSLContext:
+        if self._default_tls is None:
+            self._default_tls = ssl.create_default_context()
+        return self._default_tls
+
+    async def _acquire(self, key: _PoolKey) -> tuple[_ClientConnection, bool]:
         pool = self._idle.get(key)
         while pool:
             conn = pool.pop()
@@ -660,10 +702,26 @@ class HTTPClient:
             await conn.aclose()
         return await self._connect(key), False
 
-    async def _connect(self, key: tuple[str, int]) -> _ClientConnection:
-        host, port = key
+    async def _connect(self, key: _PoolKey) -> _ClientConnection:
+        host, port, context = key
+        stream: anyio.abc.ByteStream
         try:
-            stream = await anyio.connect_tcp(host, port)
+            if context is None:
+                stream = await anyio.connect_tcp(host, port)
+            else:
+                # Not "standard compatible": HTTP frames its own messages, and
+                # many servers close without a TLS close_notify.
+                stream = await anyio.connect_tcp(
+                    host,
+                    port,
+                    ssl_context=context,
+                    tls_hostname=host,
+                    tls_standard_compatible=False,
+                )
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS handshake with {host}:{port} failed: {_tls_reason(exc)}") from exc
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise TLSError(f"{host}:{port} closed the connection during the TLS handshake") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return _ClientConnection(stream, key, self.limits)
@@ -987,7 +1045,7 @@ class ServerControl:
 class _ServerConnection(_Wire):
     def __init__(
         self,
-        stream: anyio.abc.SocketStream,
+        stream: anyio.abc.ByteStream,
         handler: Handler,
         limits: Limits,
         render_error: ErrorRenderer,
@@ -1180,16 +1238,40 @@ async def _serve_connection(
     render_error: ErrorRenderer,
     control: ServerControl,
     stream: anyio.abc.SocketStream,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    conn = _ServerConnection(stream, handler, limits, render_error, control)
-    control._connections.add(conn)
+    connection: anyio.abc.ByteStream = stream
+    conn: _ServerConnection | None = None
     try:
-        await conn.run()
-    except Exception:
-        _log.exception("connection from %s failed", conn.peer)
+        if tls is not None:
+            connection = await _tls_handshake(stream, tls, limits)
+            if connection is stream:
+                return
+        conn = _ServerConnection(connection, handler, limits, render_error, control)
+        control._connections.add(conn)
+        try:
+            await conn.run()
+        except Exception:
+            _log.exception("connection from %s failed", conn.peer)
     finally:
-        control._connections.discard(conn)
-        await _aclose_quietly(stream)
+        if conn is not None:
+            control._connections.discard(conn)
+        await _aclose_quietly(connection)
+
+
+async def _tls_handshake(
+    stream: anyio.abc.SocketStream, context: ssl.SSLContext, limits: Limits
+) -> anyio.abc.ByteStream:
+    """The server side of a TLS handshake (within the header timeout); ``stream`` if it failed."""
+    with anyio.move_on_after(limits.header_timeout):
+        try:
+            return await TLSStream.wrap(
+                stream, server_side=True, ssl_context=context, standard_compatible=False
+            )
+        except (ssl.SSLError, anyio.EndOfStream, *_IO_ERRORS) as exc:
+            _log.debug("TLS handshake failed: %s", exc)
+    return stream
 
 
 async def _accept_loop(
@@ -1218,13 +1300,17 @@ async def serve(
     limits: Limits | None = None,
     error_response: ErrorRenderer | None = None,
     control: ServerControl | None = None,
+    tls: ssl.SSLContext | None = None,
     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled, or drained through ``control``.
 
     Reports the bound ``(host, port)`` through ``task_status`` (use
     ``port=0`` and ``await task_group.start(...)`` to get a free port).
-    Raises :class:`ConnectError` if the address cannot be bound.
+    Raises :class:`ConnectError` if the address cannot be bound. With
+    ``tls`` (a server-side ``ssl.SSLContext`` holding a certificate) every
+    connection speaks TLS; a handshake that fails or does not finish within
+    :attr:`Limits.header_timeout` closes that connection.
     """
     limits = limits if limits is not None else Limits()
     render_error = error_response if error_response is not None else default_error_response
@@ -1237,7 +1323,9 @@ async def serve(
         listeners = [lst for lst in multi.listeners if isinstance(lst, anyio.abc.SocketListener)]
         bound = listeners[0].extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
-        serve_one = functools.partial(_serve_connection, handler, limits, render_error, control)
+        serve_one = functools.partial(
+            _serve_connection, handler, limits, render_error, control, tls=tls
+        )
         async with anyio.create_task_group() as connections:
             with anyio.CancelScope() as accepting:
                 control._accepting = accepting

@@ -31,6 +31,7 @@ from .http import (
     HTTPError,
     RemoteProtocolError,
     Response,
+    TLSError,
     TooLarge,
 )
 
@@ -55,7 +56,7 @@ _JSON = [("content-type", "application/json")]
 class Fetched:
     """A poll fetch: ``ok`` with the parsed JSON ``body``, or not ``ok`` with an ``error``.
 
-    ``error`` is short and stable (``timeout``, ``connect``, ``closed``,
+    ``error`` is short and stable (``timeout``, ``connect``, ``tls``, ``closed``,
     ``protocol``, ``too large``, ``status:503``, ``invalid json``) since it
     goes into traces.
     """
@@ -83,6 +84,8 @@ def transport_reason(exc: BaseException) -> str:
     """A short, stable name for a transport failure (used in traces and messages)."""
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, TLSError):
+        return "tls"
     if isinstance(exc, ConnectError):
         return "connect"
     if isinstance(exc, ConnectionClosedError):
