@@ -21,7 +21,7 @@ from cortex_fsm.backends import (
     wrong_kind_message,
     wrong_kind_symptom,
 )
-from cortex_fsm.fleet import ModelsReport, ModelStatus, PollFailure
+from cortex_fsm.fleet import NEURON_KINDS, ModelsReport, ModelStatus, PollFailure
 from cortex_fsm.wire import Invalid, parse_health, parse_models
 
 LOADED = ModelStatus.LOADED
@@ -71,6 +71,7 @@ def poll(kind: str, answers: dict[str, Answer], known: tuple[str, ...] = ()) -> 
 
 def test_every_kind_has_an_adapter_and_only_the_neuron_is_a_daemon() -> None:
     assert KINDS == ("neuron", "openai", "vllm", "sglang", "llamacpp", "ollama")
+    assert KINDS == NEURON_KINDS  # the kinds a trace header may name
     assert [k for k, b in BACKENDS.items() if b.daemon] == ["neuron"]
     for kind, b in BACKENDS.items():
         assert b.kind == kind

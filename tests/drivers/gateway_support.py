@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from cortex_fsm import Catalogue, Neuron, Policy, Profile
+from cortex_fsm import Catalogue, Device, Neuron, Policy, Profile
 from cortex_fsm.drivers.config import GatewayConfig
 from cortex_fsm.drivers.fake_neuron import FakeNeuron, FakeNeuronConfig
 from cortex_fsm.drivers.gateway import Gateway
@@ -113,8 +113,11 @@ def gateway_config(
     *,
     catalogue: Catalogue = CATALOGUE,
     policy: Policy | None = None,
+    kinds: Mapping[str, str] | None = None,
+    devices: Mapping[str, tuple[Device, ...]] | None = None,
     **settings: Any,
 ) -> GatewayConfig:
+    """``kinds`` and ``devices``: a node's backend kind and declared topology, by name."""
     values: dict[str, Any] = {
         "listen_host": "127.0.0.1",
         "listen_port": 0,
@@ -126,7 +129,15 @@ def gateway_config(
     }
     values.update(settings)
     return GatewayConfig(
-        neurons=tuple(Neuron(name=name, endpoint=url) for name, url in neurons),
+        neurons=tuple(
+            Neuron(
+                name=name,
+                endpoint=url,
+                kind=(kinds or {}).get(name, "neuron"),
+                devices=(devices or {}).get(name),
+            )
+            for name, url in neurons
+        ),
         catalogue=catalogue,
         policy=policy if policy is not None else Policy(poll_interval=0.1),
         **values,

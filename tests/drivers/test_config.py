@@ -127,7 +127,7 @@ def test_defaults_and_inline_catalogue(tmp_path: Path) -> None:
         ("neurons = []", "[[neurons]] must list at least one neuron"),
         ('[[neurons]]\nendpoint = "http://a:1"\n', "[[neurons]] #1 name must be a non-empty"),
         ('[[neurons]]\nname = "a"\n', "[[neurons]] #1 (a) endpoint must be a URL"),
-        ('[[neurons]]\nname = "a"\nendpoint = "https://a:1"\n', "must be an http:// URL"),
+        ('[[neurons]]\nname = "a"\nendpoint = "ftp://a:1"\n', "must be an http:// or https:// URL"),
         ('[[neurons]]\nname = "a"\nendpoint = "http://:1"\n', "has no host"),
         ('[[neurons]]\nname = "a"\nendpoint = "http://a:x"\n', "is not a valid URL"),
         ('[[neurons]]\nname = "a"\nendpoint = "http://a:1"\nport = 2\n', "unknown key 'port'"),

@@ -65,7 +65,8 @@ def test_json_nested_too_deeply_is_a_value_error() -> None:
     [
         ("http://127.0.0.1:8080/v1", None),
         ("http://[::1]:9/", None),
-        ("https://h:1", "not an http:// URL"),
+        ("https://h:1", None),
+        ("ftp://h:1", "not an http:// or https:// URL"),
         ("http://", "no host"),
         ("http://[::1", "Invalid IPv6 URL"),
         ("http://127.0.0.1:99999", "Port out of range"),

@@ -19,6 +19,7 @@ Layout::
     drain_timeout = 30.0               # seconds in-flight requests get after SIGTERM/SIGINT
     metrics = true                     # serve GET /metrics (Prometheus)
     defrag_after_cycles = 0            # warn when a node has had more evictions (0: never)
+    state_dir = "state"                # keep every node's last discovery here (default: none)
 
     [auth]
     keys_file = "api-keys.txt"         # one key (or sha256:<hex> of one) per line
@@ -31,7 +32,12 @@ Layout::
 
     [[neurons]]
     name = "gpu-a"
-    endpoint = "http://gpu-a.lan:13131"
+    endpoint = "http://gpu-a.lan:13131"   # or https://
+    kind = "neuron"                    # or openai, vllm, sglang, llamacpp, ollama
+    headers = { Authorization = "Bearer ..." }   # sent on every call to this node
+    ca_file = "private-ca.pem"         # trust this CA for an https:// endpoint
+    gpus = 2                           # declared topology: gpus + vram_mb, or
+    vram_mb = 81920                    # devices = [{index = 0, vram_total_mb = 81920}, ...]
 
 Every problem is a :class:`~cortex_fsm.errors.ConfigError` whose text starts
 with the file name and names the key, e.g. ``cortex.toml: [policy]
@@ -44,6 +50,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,16 +59,19 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ..backends import KINDS
 from ..catalogue import Catalogue, catalogue_from_mapping, ignored_keys, read_toml
 from ..errors import ConfigError
-from ..fleet import Neuron
+from ..fleet import Device, Neuron
 from ..policy import POLICY_KEYS, Policy
 from ..trace import TraceHeader
-from .neuron_client import url_problem
+from .neuron_client import Upstream, url_problem
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "MAX_GPUS",
     "GatewayConfig",
+    "NeuronSettings",
     "config_from_mapping",
     "keys_from_env",
     "load_config",
@@ -87,12 +98,63 @@ _GATEWAY_KEYS = (
     "drain_timeout",
     "metrics",
     "defrag_after_cycles",
+    "state_dir",
 )
 _AUTH_KEYS = ("keys_file", "protect_metrics")
 _SHA256_PREFIX = "sha256:"
 KEYS_ENV = "CORTEX_API_KEYS"
 """The environment variable holding API keys (comma- or whitespace-separated)."""
-_NEURON_KEYS = ("name", "endpoint")
+_NEURON_KEYS = (
+    "name",
+    "endpoint",
+    "kind",
+    "headers",
+    "ca_file",
+    "devices",
+    "gpus",
+    "vram_mb",
+)
+_DEVICE_KEYS = ("index", "vram_total_mb", "name")
+MAX_GPUS = 64
+"""A declared host with more GPUs than this is a typo."""
+# RFC 9110 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Set by the gateway itself (framing, routing, loop detection): not configurable.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-type",
+        "x-cortex-hop",
+    }
+)
+
+
+@attrs.frozen(kw_only=True)
+class NeuronSettings:
+    """How the drivers talk to one node beyond what its :class:`Neuron` says.
+
+    A node's ``kind`` and declared ``devices`` are the ``Neuron``'s (a trace
+    header records them); its headers and CA are the drivers' alone (a
+    trace must not record an API key).
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()
+    """Sent on every call to the node."""
+    ca_file: str | None = None
+    """A PEM file of CA certificates to trust for an ``https://`` endpoint."""
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The context that checks the node's certificate (``None``: the system's CAs)."""
+        if self.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 @attrs.frozen(kw_only=True)
@@ -121,6 +183,10 @@ class GatewayConfig:
     api_keys: frozenset[bytes] = attrs.field(default=frozenset(), repr=False)
     """SHA-256 digests of the accepted API keys (empty: no key needed)."""
     protect_metrics: bool = False
+    state_dir: str | None = None
+    """Where every node's last good discovery is kept across restarts (``None``: nowhere)."""
+    settings: Mapping[str, NeuronSettings] = attrs.field(factory=dict)
+    """Per node name; a node absent here has the defaults."""
     source: str = "<config>"
     """Where the configuration came from (for messages)."""
     ignored: tuple[str, ...] = attrs.field(default=(), eq=False)
@@ -136,6 +202,26 @@ class GatewayConfig:
             if neuron.name == name:
                 return neuron
         raise KeyError(name)
+
+    def settings_of(self, name: str) -> NeuronSettings:
+        """The drivers' settings of node ``name`` (defaults when none were given)."""
+        return self.settings.get(name) or _DEFAULTS
+
+    def upstream(self, name: str) -> Upstream:
+        """How to reach node ``name`` (reads its ``ca_file``)."""
+        neuron = self.neuron(name)
+        settings = self.settings_of(name)
+        return Upstream(
+            name=name,
+            endpoint=neuron.endpoint,
+            kind=neuron.kind,
+            headers=settings.headers,
+            tls=settings.tls(),
+        )
+
+    def upstreams(self) -> dict[str, Upstream]:
+        """How to reach each node, by name."""
+        return {neuron.name: self.upstream(neuron.name) for neuron in self.neurons}
 
     def trace_header(self) -> TraceHeader:
         """The header of a trace recorded under this configuration."""
@@ -155,6 +241,9 @@ def parse_listen(text: object, *, where: str = "listen") -> tuple[str, int]:
     return host, int(port_text)
 
 
+_DEFAULTS = NeuronSettings()
+
+
 def _endpoint(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a URL string such as http://host:13131, got {value!r}")
@@ -163,8 +252,8 @@ def _endpoint(value: object, where: str) -> str:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{where} is not a valid URL ({exc}): {value!r}") from None
-    if parts.scheme != "http":
-        raise ConfigError(f"{where} must be an http:// URL, got {value!r}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{where} must be an http:// or https:// URL, got {value!r}")
     if not parts.hostname:
         raise ConfigError(f"{where} has no host: {value!r}")
     if port == 0:
@@ -198,12 +287,15 @@ def _table(data: Mapping[str, object], key: str, where: str) -> Mapping[str, obj
     return value
 
 
-def _neurons(raw: object, where: str) -> tuple[Neuron, ...]:
+def _neurons(
+    raw: object, where: str, base_dir: Path | None
+) -> tuple[tuple[Neuron, ...], dict[str, NeuronSettings]]:
     if raw is None:
         raise ConfigError(f"{where}: [[neurons]] is missing: list at least one neuron")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: [[neurons]] must list at least one neuron, got {raw!r}")
     neurons: list[Neuron] = []
+    settings: dict[str, NeuronSettings] = {}
     seen: set[str] = set()
     for i, entry in enumerate(raw):
         at = f"{where}: [[neurons]] #{i + 1}"
@@ -216,9 +308,158 @@ def _neurons(raw: object, where: str) -> tuple[Neuron, ...]:
         if name in seen:
             raise ConfigError(f"{at} name {name!r} is configured twice")
         seen.add(name)
-        endpoint = _endpoint(entry.get("endpoint"), f"{at} ({name}) endpoint")
-        neurons.append(Neuron(name=name, endpoint=endpoint))
-    return tuple(neurons)
+        at = f"{at} ({name})"
+        endpoint = _endpoint(entry.get("endpoint"), f"{at} endpoint")
+        kind = _kind(entry.get("kind", "neuron"), f"{at} kind")
+        if kind != "neuron" and urlsplit(endpoint).path.endswith("/v1"):
+            raise ConfigError(
+                f"{at} endpoint must not end in /v1: requests go to {{endpoint}}/v1/..., "
+                f"so use {endpoint.removesuffix('/v1')!r}"
+            )
+        devices = _topology(entry, kind, at)
+        ca_file = entry.get("ca_file")
+        if ca_file is not None:
+            if not endpoint.startswith("https://"):
+                raise ConfigError(
+                    f"{at} ca_file is only for an https:// endpoint, got {endpoint!r}"
+                )
+            ca_file = _ca_file(ca_file, f"{at} ca_file", base_dir)
+        neurons.append(Neuron(name=name, endpoint=endpoint, kind=kind, devices=devices))
+        node = NeuronSettings(
+            headers=_headers(entry.get("headers", {}), f"{at} headers"), ca_file=ca_file
+        )
+        if node != _DEFAULTS:
+            settings[name] = node
+    return tuple(neurons), settings
+
+
+def _kind(value: object, where: str) -> str:
+    if not isinstance(value, str) or value not in KINDS:
+        raise ConfigError(f"{where} must be one of {', '.join(KINDS)}, got {value!r}")
+    return value
+
+
+def _headers(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{where} must be a table such as {{ Authorization = "Bearer ..." }}')
+    out = []
+    for key, text in value.items():
+        if not _TOKEN.fullmatch(key):
+            raise ConfigError(f"{where}: {key!r} is not a valid header name")
+        if key.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"{where}: {key!r} is set by the gateway itself")
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {text!r}")
+        if any(c in text for c in "\r\n\x00") or not text.isprintable() or not _latin1(text):
+            raise ConfigError(
+                f"{where}: {key} must be printable text without line breaks "
+                "(and Latin-1 only, as HTTP headers are)"
+            )
+        out.append((key, text))
+    return tuple(out)
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _resolve(value: str, base_dir: Path | None) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def _ca_file(value: object, where: str, base_dir: Path | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a file path string, got {value!r}")
+    path = _resolve(value, base_dir)
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"{where}: {path}: not a PEM file of CA certificates ({reason})"
+        ) from None
+    return str(path)
+
+
+def _count(value: object, where: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{where} must be an integer {bound}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _topology(entry: Mapping[str, object], kind: str, at: str) -> tuple[Device, ...] | None:
+    """A declared topology: ``devices = [...]``, or ``gpus`` + ``vram_mb`` (never both)."""
+    given = [k for k in ("devices", "gpus", "vram_mb") if k in entry]
+    if not given:
+        return None
+    if kind != "neuron":
+        raise ConfigError(
+            f'{at} {given[0]}: only a kind = "neuron" node has a topology; a {kind} node '
+            "cannot load models, so it is never a cold-load target (remove the key)"
+        )
+    if "devices" in entry:
+        if "gpus" in entry or "vram_mb" in entry:
+            raise ConfigError(
+                f"{at} devices cannot be combined with gpus/vram_mb: use one or the other"
+            )
+        return _devices(entry["devices"], f"{at} devices")
+    if "gpus" not in entry or "vram_mb" not in entry:
+        missing = "vram_mb" if "gpus" in entry else "gpus"
+        raise ConfigError(f"{at} {given[0]} needs {missing} too (gpus = N, vram_mb = MB per GPU)")
+    gpus = _count(entry["gpus"], f"{at} gpus", 1, MAX_GPUS)
+    vram = _count(entry["vram_mb"], f"{at} vram_mb", 1)
+    return tuple(Device(index=i, vram_total_mb=vram) for i in range(gpus))
+
+
+def _devices(value: object, where: str) -> tuple[Device, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"{where} must be a non-empty list such as [{{index = 0, vram_total_mb = 81920}}]"
+        )
+    if len(value) > MAX_GPUS:
+        raise ConfigError(f"{where} lists {len(value)} devices, more than {MAX_GPUS}")
+    devices = []
+    seen: set[int] = set()
+    for i, raw in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{at} must be a table {{index = ..., vram_total_mb = ...}}")
+        _unknown(raw, _DEVICE_KEYS, f"{at}: ")
+        if "index" not in raw or "vram_total_mb" not in raw:
+            raise ConfigError(f"{at} needs index and vram_total_mb")
+        index = _count(raw["index"], f"{at} index", 0, 1_000_000)
+        if index in seen:
+            raise ConfigError(f"{at} index {index} is listed twice")
+        seen.add(index)
+        vram = _count(raw["vram_total_mb"], f"{at} vram_total_mb", 1)
+        name = raw.get("name", "")
+        if not isinstance(name, str):
+            raise ConfigError(f"{at} name must be a string, got {name!r}")
+        devices.append(Device(index=index, vram_total_mb=vram, name=name))
+    return tuple(devices)
+
+
+def _state_dir(value: object, where: str, base_dir: Path | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a directory path string, got {value!r}")
+    path = _resolve(value, base_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where}: {path}: exists and is not a directory")
+    return str(path)
 
 
 def _policy(raw: Mapping[str, object], where: str) -> Policy:
@@ -305,10 +546,12 @@ def config_from_mapping(
             f"{where}: [gateway] defrag_after_cycles must be an integer >= 0, got {defrag!r}"
         )
     keys_file, api_keys, protect = _auth(data, where, base_dir)
-    neurons = _neurons(data.get("neurons"), where)
+    neurons, settings = _neurons(data.get("neurons"), where, base_dir)
     catalogue, ignored = _catalogue(data, where, base_dir)
     return GatewayConfig(
         neurons=neurons,
+        settings=settings,
+        state_dir=_state_dir(gateway.get("state_dir"), f"{where}: [gateway] state_dir", base_dir),
         catalogue=catalogue,
         ignored=tuple(ignored),
         policy=_policy(_table(data, "policy", where), where),

@@ -49,6 +49,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -59,6 +60,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from ..backends import BACKENDS
 from ..catalogue import LoadSpec, feasible
 from ..engine import Engine
 from ..errors import (
@@ -93,8 +95,9 @@ from .journal import Journal
 from .logs import FLUSH_INTERVAL, LOG_FORMATS, AccessLog
 from .logs import configure_logging as _configure_logging
 from .metrics import CONTENT_TYPE, NO_OUTCOME, GatewayMetrics
-from .neuron_client import NeuronClient, NeuronError, transport_reason
+from .neuron_client import NeuronClient, NeuronError, Upstream, transport_reason
 from .poller import Poller
+from .topology import Topology
 
 __all__ = [
     "Gateway",
@@ -277,7 +280,9 @@ class Gateway:
         """The bound ``(host, port)`` once running."""
         self.created = int(time.time())
         self._hop = secrets.token_hex(8)
-        self._endpoints = {n.name: n.endpoint for n in config.neurons}
+        self._upstreams: dict[str, Upstream] = config.upstreams()
+        self.topology = Topology.of(config)
+        """Declared and cached topologies (docs/semantics.md §10)."""
         self._endpoint_cache: dict[tuple[str, str], tuple[int, str]] = {}
         self._loads: dict[tuple[str, str], _PendingLoad] = {}
         self._http: HTTPClient | None = None
@@ -343,6 +348,7 @@ class Gateway:
                         self.journal.recorder = self._owned
                     else:
                         self.journal.recorder = self._recorder
+                    self.topology.seed(self.journal)
                     self._task_group = tg
                     for neuron in self.config.neurons:
                         self._start_polling(neuron)
@@ -423,7 +429,7 @@ class Gateway:
         ``neuron_removed``, ``reconfigured``); the gateway's own settings and
         keys apply to the next request. ``listen`` cannot change without a
         restart (the socket is bound), nor can ``max_body_bytes``,
-        ``client_timeout`` and ``metrics``; those are kept as they were and
+        ``client_timeout``, ``metrics`` and ``state_dir``; those are kept as they were and
         named in the log line. The access log is opened again in any case
         (so SIGHUP after a log rotation is enough).
         """
@@ -444,6 +450,9 @@ class Gateway:
         if new.metrics != old.metrics:
             kept.append("metrics")
             new = attrs.evolve(new, metrics=old.metrics)
+        if new.state_dir != old.state_dir:
+            kept.append("state_dir")
+            new = attrs.evolve(new, state_dir=old.state_dir)
         changed = [
             field.name
             for field in attrs.fields(GatewayConfig)
@@ -485,14 +494,15 @@ class Gateway:
         again: it starts ``unknown``. Removals come first, then the catalogue
         and policy, then additions, so a new node is polled under the new policy.
         """
-        before = {n.name: n for n in old.neurons}
-        after = {n.name: n for n in new.neurons}
+        before = {n.name: (n, old.settings_of(n.name)) for n in old.neurons}
+        after = {n.name: (n, new.settings_of(n.name)) for n in new.neurons}
         removed = [name for name, n in before.items() if after.get(name) != n]
-        added = [n for name, n in after.items() if before.get(name) != n]
+        added = [n for name, (n, s) in after.items() if before.get(name) != (n, s)]
         for name in removed:
             self._stop_polling(name)
             self.journal.neuron_removed(name)
-            self._endpoints.pop(name, None)
+            self._upstreams.pop(name, None)
+            self.topology.remove(name)
             for key in [key for key in self._endpoint_cache if key[0] == name]:
                 del self._endpoint_cache[key]
         catalogue = new.catalogue if new.catalogue != old.catalogue else None
@@ -501,7 +511,8 @@ class Gateway:
             self.journal.reconfigured(catalogue=catalogue, policy=policy)
         for neuron in added:
             self.journal.neuron_added(neuron)
-            self._endpoints[neuron.name] = neuron.endpoint
+            self._upstreams[neuron.name] = new.upstream(neuron.name)
+            self.topology.add(self.journal, neuron)
             if self.metrics is not None:
                 self.metrics.add_node(neuron.name)
             self._start_polling(neuron)
@@ -517,6 +528,8 @@ class Gateway:
             [neuron],
             interval=self.engine.policy.poll_interval,
             timeout=self.config.poll_timeout,
+            upstreams={neuron.name: self._upstreams[neuron.name]},
+            topology=self.topology,
         )
         scope = anyio.CancelScope()
         self._pollers[neuron.name] = (poller, scope)
@@ -861,11 +874,11 @@ class Gateway:
         node = decision.node
         assert node is not None
         model = decision.model
-        endpoint = self._endpoints[node]
+        upstream = self._upstreams[node]
         try:
             if decision.load is not None:
-                await self._cold_load(node, endpoint, decision)
-            base = await self._resolve(node, endpoint, model)
+                await self._cold_load(node, upstream, decision)
+            base = await self._base_url(upstream, model)
         except _Failed as failure:
             return failure
         if model != decision.requested:
@@ -879,7 +892,14 @@ class Gateway:
             value = request.header(name)
             if value is not None:
                 headers.append((name, value))
-        return await self._forward(responder, attempt, target=target, headers=headers, body=raw)
+        return await self._forward(
+            responder,
+            attempt,
+            target=target,
+            headers=upstream.with_headers(headers),
+            body=raw,
+            tls=upstream.tls,
+        )
 
     def _settle(
         self,
@@ -928,7 +948,7 @@ class Gateway:
         with contextlib.suppress(HTTPError):
             await responder.respond(status, headers, body)
 
-    async def _cold_load(self, node: str, endpoint: str, decision: Decision) -> None:
+    async def _cold_load(self, node: str, upstream: Upstream, decision: Decision) -> None:
         """``POST /models/load`` once per (node, model) at a time; the outcome is observed."""
         assert decision.load is not None and self._neurons is not None
         key = (node, decision.model)
@@ -936,7 +956,7 @@ class Gateway:
         if pending is None:
             pending = self._loads[key] = _PendingLoad()
             try:
-                pending.error = await self._load_evicting(node, endpoint, decision)
+                pending.error = await self._load_evicting(node, upstream, decision)
                 if self.engine.has_node(node):  # (a reload may have removed it meanwhile)
                     self.journal.load(node, decision.model, ok=pending.error is None)
                 pending.finished = True
@@ -952,11 +972,11 @@ class Gateway:
         if pending.error is not None:
             raise _neuron_failure(IOPhase.LOAD, pending.error)
 
-    async def _load_once(self, endpoint: str, spec: LoadSpec) -> NeuronError | None:
+    async def _load_once(self, upstream: Upstream, spec: LoadSpec) -> NeuronError | None:
         assert self._neurons is not None
         try:
             with anyio.fail_after(self.config.load_timeout):
-                await self._neurons.load(endpoint, spec)
+                await self._neurons.load(upstream, spec)
         except TimeoutError:
             return NeuronError(IOCause.TRANSPORT, "timeout")
         except NeuronError as exc:
@@ -964,7 +984,7 @@ class Gateway:
         return None
 
     async def _load_evicting(
-        self, node: str, endpoint: str, decision: Decision
+        self, node: str, upstream: Upstream, decision: Decision
     ) -> NeuronError | None:
         """Load; if the neuron is out of memory, evict (LRU, docs/semantics.md §5) and load again.
 
@@ -973,7 +993,7 @@ class Gateway:
         recorded. With no candidate, or a failed unload, the first refusal stands.
         """
         assert decision.load is not None and self._neurons is not None
-        error = await self._load_once(endpoint, decision.load)
+        error = await self._load_once(upstream, decision.load)
         if error is None or not _out_of_memory(error):
             return error
         victim = self.engine.eviction_candidate(node)
@@ -988,7 +1008,7 @@ class Gateway:
             return error
         try:
             with anyio.fail_after(self.config.load_timeout):
-                await self._neurons.unload(endpoint, victim)
+                await self._neurons.unload(upstream, victim)
         except (TimeoutError, NeuronError) as exc:
             reason = str(exc) or "timeout"
             if self.engine.has_node(node):
@@ -1011,11 +1031,22 @@ class Gateway:
                     {"event": "defrag_wanted", "node": node, "cycles": cycles, "limit": limit}
                 )
             )
-        return await self._load_once(endpoint, decision.load)
+        return await self._load_once(upstream, decision.load)
 
-    async def _resolve(self, node: str, endpoint: str, model: str) -> str:
-        """The model's inference base URL on ``node`` (cached while its model map is unchanged)."""
+    async def _base_url(self, node: Upstream, model: str) -> str:
+        """Where requests for ``model`` go on ``node`` (``{base}/v1/...``).
+
+        A neuron is asked (``GET /models/{id}/endpoint``, cached); any other
+        kind serves ``/v1`` itself, at its endpoint (docs/semantics.md §11).
+        """
+        if not BACKENDS[node.kind].daemon:
+            return node.endpoint
+        return await self._resolve(node, model)
+
+    async def _resolve(self, upstream: Upstream, model: str) -> str:
+        """The model's inference base URL on a neuron (cached while its model map is unchanged)."""
         assert self._neurons is not None
+        node = upstream.name
         key = (node, model)
         # A node removed from the fleet while a request to it is under way has no
         # generation any more: its answers are used, not cached.
@@ -1025,7 +1056,7 @@ class Gateway:
             return cached[1]
         try:
             with anyio.fail_after(self.config.endpoint_timeout):
-                url = await self._neurons.resolve_endpoint(endpoint, model)
+                url = await self._neurons.resolve_endpoint(upstream, model)
         except TimeoutError:
             raise _Failed(IOPhase.ENDPOINT, IOCause.TRANSPORT, "timeout", "timeout") from None
         except NeuronError as exc:
@@ -1042,6 +1073,7 @@ class Gateway:
         target: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
+        tls: ssl.SSLContext | None = None,
     ) -> _Failed | None:
         """Send the request to the neuron; answer with what comes back.
 
@@ -1067,7 +1099,7 @@ class Gateway:
             with anyio.move_on_after(timeout) as scope:
                 try:
                     upstream = await stack.enter_async_context(
-                        self._http.stream("POST", target, headers=headers, body=body)
+                        self._http.stream("POST", target, headers=headers, body=body, tls=tls)
                     )
                     status = upstream.status
                     if status >= 400:

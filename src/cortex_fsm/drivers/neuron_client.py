@@ -8,6 +8,10 @@ carrying the *cause* of the failure (:class:`~cortex_fsm.errors.IOCause`);
 what the client is told about it is decided by
 :func:`cortex_fsm.errors.classify_io_failure`, not here.
 
+Every call goes to an :class:`Upstream`: a node's endpoint with what it takes
+to talk to it -- its backend ``kind``, the ``headers`` sent on every call and
+the TLS context that checks an ``https://`` endpoint.
+
 Timeouts belong to the caller: wrap a call in ``anyio.fail_after``; the
 ``TimeoutError`` it raises is the caller's to classify (as a transport failure).
 """
@@ -16,11 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
 
+from ..backends import Answer
 from ..catalogue import LoadSpec
 from ..errors import IOCause, status_cause
 from ..wire import load_json
@@ -40,6 +47,7 @@ __all__ = [
     "Fetched",
     "NeuronClient",
     "NeuronError",
+    "Upstream",
     "endpoint_path",
     "load_body",
     "rewrite_loopback",
@@ -68,6 +76,29 @@ class Fetched:
     @classmethod
     def failure(cls, error: str) -> Fetched:
         return cls(ok=False, error=error)
+
+
+@attrs.frozen(kw_only=True)
+class Upstream:
+    """How to reach one node: its endpoint, backend kind, headers and TLS context."""
+
+    name: str
+    endpoint: str
+    """Base URL without a trailing ``/`` (``http://gpu-a.lan:13131``)."""
+    kind: str = "neuron"
+    headers: tuple[tuple[str, str], ...] = ()
+    """Sent on every call to the node: polls, lifecycle calls, forwarded requests."""
+    tls: ssl.SSLContext | None = attrs.field(default=None, eq=False)
+    """Checks an ``https://`` endpoint's certificate (``None``: the system's CAs)."""
+
+    @classmethod
+    def plain(cls, endpoint: str, name: str = "") -> Upstream:
+        """A neuron at ``endpoint`` with no headers and the default TLS checks."""
+        return cls(name=name or endpoint, endpoint=endpoint.rstrip("/"))
+
+    def with_headers(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` followed by this node's own."""
+        return [*headers, *self.headers]
 
 
 class NeuronError(Exception):
@@ -113,9 +144,9 @@ _UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be an inference base URL (``http://host[:port][/path]``), or ``None``."""
-    if not url.startswith("http://"):
-        return "not an http:// URL"
+    """Why ``url`` cannot be a base URL (``http[s]://host[:port][/path]``), or ``None``."""
+    if not url.startswith(("http://", "https://")):
+        return "not an http:// or https:// URL"
     if not url.isascii() or _UNSAFE_IN_URL.search(url):
         return "it holds spaces, control or non-ASCII characters"
     try:
@@ -158,39 +189,63 @@ def _preview(body: bytes) -> str:
     return text or "(empty body)"
 
 
+def _upstream(node: Upstream | str) -> Upstream:
+    return Upstream.plain(node) if isinstance(node, str) else node
+
+
 class NeuronClient:
-    """The neuron daemon API over a shared :class:`HTTPClient` (its pool is reused)."""
+    """The neuron daemon API over a shared :class:`HTTPClient` (its pool is reused).
+
+    Every call takes the node as an :class:`Upstream`, or as a bare endpoint
+    URL (a plain neuron: no headers, the system's CAs).
+    """
 
     def __init__(self, http: HTTPClient) -> None:
         self.http = http
 
     # -- polls --------------------------------------------------------------------------
 
-    async def fetch(self, endpoint: str, path: str) -> Fetched:
-        """``GET {endpoint}{path}`` as a poll answer. Never raises an HTTP error."""
+    async def get(self, node: Upstream | str, path: str) -> Answer:
+        """``GET {endpoint}{path}``: the raw answer, or why there is none. Never raises."""
+        node = _upstream(node)
         try:
-            resp = await self.http.request("GET", endpoint + path)
+            resp = await self.http.request(
+                "GET", node.endpoint + path, headers=node.headers, tls=node.tls
+            )
         except HTTPError as exc:
-            return Fetched.failure(transport_reason(exc))
-        if not 200 <= resp.status < 300:
-            return Fetched.failure(f"status:{resp.status}")
+            return Answer.failed(path, transport_reason(exc))
+        return Answer(path=path, status=resp.status, body=resp.body)
+
+    async def fetch(self, node: Upstream | str, path: str) -> Fetched:
+        """``GET {endpoint}{path}`` as a JSON poll answer. Never raises an HTTP error."""
+        answer = await self.get(node, path)
+        if answer.status is None:
+            return Fetched.failure(answer.error)
+        if not answer.ok:
+            return Fetched.failure(answer.problem)
         try:
-            body: Any = load_json(resp.body)
+            body: Any = load_json(answer.body)
         except ValueError:
             return Fetched.failure("invalid json")
         return Fetched(ok=True, body=body)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def _call(self, method: str, url: str, body: bytes | None = None) -> Response:
+    async def _call(
+        self, node: Upstream | str, method: str, path: str, body: bytes | None = None
+    ) -> Response:
+        node = _upstream(node)
+        headers = node.with_headers(_JSON if body else ())
         try:
-            return await self.http.request(method, url, headers=_JSON if body else (), body=body)
+            return await self.http.request(
+                method, node.endpoint + path, headers=headers, body=body, tls=node.tls
+            )
         except HTTPError as exc:
             raise NeuronError(IOCause.TRANSPORT, f"{transport_reason(exc)}: {exc}") from exc
 
-    async def load(self, endpoint: str, spec: LoadSpec) -> None:
+    async def load(self, node: Upstream | str, spec: LoadSpec) -> None:
         """``POST /models/load``. An answer whose body says ``already loaded`` is success."""
-        resp = await self._call("POST", endpoint + "/models/load", load_body(spec))
+        resp = await self._call(node, "POST", "/models/load", load_body(spec))
         if 200 <= resp.status < 300 or _ALREADY_LOADED in resp.body.lower():
             return
         raise NeuronError(
@@ -199,10 +254,10 @@ class NeuronClient:
             status=resp.status,
         )
 
-    async def unload(self, endpoint: str, model_id: str) -> None:
+    async def unload(self, node: Upstream | str, model_id: str) -> None:
         """``POST /models/unload`` with ``{"model_id": ...}``."""
         body = json.dumps({"model_id": model_id}).encode()
-        resp = await self._call("POST", endpoint + "/models/unload", body)
+        resp = await self._call(node, "POST", "/models/unload", body)
         if not 200 <= resp.status < 300:
             raise NeuronError(
                 status_cause(resp.status),
@@ -210,13 +265,13 @@ class NeuronClient:
                 status=resp.status,
             )
 
-    async def resolve_endpoint(self, endpoint: str, model_id: str) -> str:
+    async def resolve_endpoint(self, node: Upstream | str, model_id: str) -> str:
         """``GET /models/{id}/endpoint`` -> the inference base URL, loopback rewritten."""
         try:
             path = endpoint_path(model_id)
         except ValueError as exc:
             raise NeuronError(IOCause.BAD_BODY, str(exc)) from None
-        resp = await self._call("GET", endpoint + path)
+        resp = await self._call(node, "GET", path)
         if not 200 <= resp.status < 300:
             raise NeuronError(
                 status_cause(resp.status),
@@ -236,4 +291,4 @@ class NeuronClient:
                 status=resp.status,
             )
         assert isinstance(url, str)
-        return rewrite_loopback(url, endpoint)
+        return rewrite_loopback(url, _upstream(node).endpoint)
