@@ -57,6 +57,14 @@ without GPUs:
 
 Every response carries ``x-neuron: {name}``.
 
+**Flavours.** ``flavor`` (``--flavor``) makes it answer as another kind of
+server instead -- ``openai``, ``vllm``, ``sglang``, ``llamacpp`` or ``ollama``
+-- with that server's endpoints (see :mod:`cortex_fsm.drivers.fake_flavours`);
+the inference endpoints and the fault injection are the same. ``tls`` (an
+``ssl.SSLContext`` with a certificate; ``--tls-cert``/``--tls-key``) serves
+``https://``; ``api_key`` (``--api-key``) answers 401 to any request (but
+``/_control``) without ``Authorization: Bearer {api_key}``.
+
 **Model ids and sources.** The gateway posts ``{source}:{id}`` to
 ``/models/load`` when the catalogue profile names a source, and then refers
 to the model by its bare ``id``. So a requested id that is not already known
@@ -79,7 +87,10 @@ of the same names). Faults never apply to ``/_control`` itself:
 * ``{"action": "set_status", "model": ID, "status": S}``: sets (or creates)
   a model entry's status;
 * ``{"action": "set_queue", "model": ID, "queue_depth": N}``: sets the queue
-  depth ``/health`` reports for a known model.
+  depth ``/health`` (a flavour: its ``/metrics``) reports for a known model;
+* ``{"action": "set_loading", "loading": true|false}``: the ``llamacpp``
+  flavour only: while true, ``/health`` -- and everything but the model
+  lists -- answers 503 ``Loading model`` as llama-server does while it loads.
 
 Run it in process::
 
@@ -96,6 +107,7 @@ import argparse
 import hashlib
 import json
 import math
+import ssl
 import sys
 import time
 import zlib
@@ -109,6 +121,7 @@ import anyio.abc
 import attrs
 
 from ..wire import load_json
+from .fake_flavours import FLAVOURS, Flavour, flavour_routes
 from .http import (
     HTTPError,
     Request,
@@ -204,6 +217,12 @@ class FakeNeuronConfig:
     )
     """At most this many models ``loaded`` at once: a ``POST /models/load`` that
     would make more is refused with 507 ``{"error": "out of memory"}`` (None: no limit)."""
+    flavor: str = attrs.field(default="neuron", validator=attrs.validators.in_(FLAVOURS))
+    """Which kind of server to be (docs/semantics.md §11)."""
+    tls: ssl.SSLContext | None = attrs.field(default=None, eq=False)
+    """A server-side context with a certificate: serve ``https://``."""
+    api_key: str | None = None
+    """When set, every request (but ``/_control``) needs ``Authorization: Bearer {api_key}``."""
 
 
 # --------------------------------------------------------------------------
@@ -320,6 +339,13 @@ class FakeNeuron:
         self._resumed: anyio.Event | None = None
         self._started_at: float | None = None
         self._sequence = 0
+        self.loading = False
+        """The ``llamacpp`` flavour is loading its model (see :meth:`set_loading`)."""
+        self.tokens: dict[str, tuple[int, int]] = {}
+        """Per model: prompt and generated tokens so far (a flavour's counters)."""
+        self._flavour: Flavour | None = (
+            None if self.config.flavor == "neuron" else flavour_routes(self, self.config.flavor)
+        )
 
     # -- running ------------------------------------------------------------
 
@@ -329,7 +355,9 @@ class FakeNeuron:
         if self.port is None:
             raise RuntimeError("the fake neuron is not running")
         host = self.config.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "http" if self.config.tls is None else "https"
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{self.port}"
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -340,6 +368,7 @@ class FakeNeuron:
             host=self.config.host,
             port=self.config.port,
             error_response=self._error_response,
+            tls=self.config.tls,
             task_status=_StartedRelay(self, task_status),
         )
 
@@ -364,9 +393,11 @@ class FakeNeuron:
     def fault_state(self) -> dict[str, Any]:
         """What ``GET /_control`` answers."""
         return {
+            "flavor": self.config.flavor,
             "stall_seconds": self._stall,
             "fail": self._fail,
             "drop": self._drop,
+            "loading": self.loading,
             "models": {
                 model.id: {
                     "status": model.status,
@@ -418,8 +449,18 @@ class FakeNeuron:
         else:
             model.status = status
 
+    def set_loading(self, loading: bool) -> None:
+        """``llamacpp`` flavour: answer 503 ``Loading model`` (True) or serve again (False)."""
+        if not isinstance(loading, bool):
+            raise ValueError(f"loading must be true or false, got {loading!r}")
+        if self.config.flavor != "llamacpp":
+            raise ValueError(
+                f"set_loading is for the llamacpp flavour; this one is {self.config.flavor}"
+            )
+        self.loading = loading
+
     def set_queue(self, model_id: str, queue_depth: int) -> None:
-        """Set the queue depth ``/health`` reports for a known model."""
+        """Set the queue depth ``/health`` (or the flavour's metrics) reports for a known model."""
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 0:
             raise ValueError(f"queue_depth must be an integer >= 0, got {queue_depth!r}")
         if not isinstance(model_id, str) or not model_id:
@@ -460,6 +501,14 @@ class FakeNeuron:
             if self._fail:
                 await self._error(responder, 500, "injected failure", "internal_error")
                 return
+            key = self.config.api_key
+            if key is not None and request.header("authorization") != f"Bearer {key}":
+                await self._error(responder, 401, "Unauthorized", "invalid_api_key")
+                return
+            refusal = None if self._flavour is None else self._flavour.refuses(path)
+            if refusal is not None:
+                await self._json(responder, 503, refusal)
+                return
             await self._route(request, responder, path)
         except _BadRequest as exc:
             await self._error(responder, exc.status, str(exc), exc.code)
@@ -473,18 +522,28 @@ class FakeNeuron:
 
     async def _route(self, request: Request, responder: Responder, path: str) -> None:
         method = request.method
-        routes = {
-            "/discovery": ("GET", self._discovery),
-            "/models": ("GET", self._list_models),
-            "/health": ("GET", self._health),
-            "/models/load": ("POST", self._load),
-            "/models/unload": ("POST", self._unload),
+        inference = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
             "/v1/responses": ("POST", self._responses),
             "/v1/messages": ("POST", self._messages),
         }
+        if self._flavour is not None:
+            routes = {**self._flavour.routes(), **inference}
+            if path not in routes:
+                content_type, body = self._flavour.not_found(method, path)
+                await responder.respond(404, self._headers(content_type), body)
+                return
+        else:
+            routes = {
+                "/discovery": ("GET", self._discovery),
+                "/models": ("GET", self._list_models),
+                "/health": ("GET", self._health),
+                "/models/load": ("POST", self._load),
+                "/models/unload": ("POST", self._unload),
+                **inference,
+            }
         if path in routes:
             wanted, action = routes[path]
             if method != wanted:
@@ -510,6 +569,8 @@ class FakeNeuron:
 
     def _resolve(self, requested: str) -> str:
         """The id a requested model id is (or would be) registered under."""
+        if self._flavour is not None:
+            return self._flavour.resolve(requested)
         if requested in self._models:
             return requested
         prefix, colon, rest = requested.partition(":")
@@ -527,6 +588,10 @@ class FakeNeuron:
             }
             for index in range(self.config.gpus)
         ]
+
+    def _size_bytes(self, model: _Model) -> int:
+        """What a flavour reports as a model's size (its fake VRAM need, in bytes)."""
+        return _model_vram_mb(model.id, max(1, len(model.devices)), self.config.vram_mb) << 20
 
     def _vram_used(self, model: _Model) -> int:
         if model.status in ("unloaded", "loading"):
@@ -855,9 +920,13 @@ class FakeNeuron:
         await responder.end()
 
     async def _serving(self, requested: str) -> _Model:
-        """The model if it serves here (an ``unloaded`` one is reloaded first), else a 404."""
+        """The model if it serves here (an ``unloaded`` one is reloaded first), else a 404.
+
+        Flavours other than ``ollama`` never load: an ``unloaded`` model is a 404.
+        """
         model = self._models.get(self._resolve(requested))
-        if model is not None and model.status == "unloaded":
+        lazy = self._flavour is None or self._flavour.lazy()
+        if model is not None and model.status == "unloaded" and lazy:
             model.status = "reloading"
             if self.config.load_delay > 0:
                 await anyio.sleep(self.config.load_delay)
@@ -884,7 +953,13 @@ class FakeNeuron:
                 f"prompt has {prompt_tokens} tokens, more than {max_prompt}",
                 code="context_length_exceeded",
             )
-        return requested, await self._serving(requested), prompt_tokens
+        model = await self._serving(requested)
+        self._count_tokens(model.id, prompt_tokens, 0)
+        return requested, model, prompt_tokens
+
+    def _count_tokens(self, model_id: str, prompt: int, generated: int) -> None:
+        before = self.tokens.get(model_id, (0, 0))
+        self.tokens[model_id] = (before[0] + prompt, before[1] + generated)
 
     async def _infer(
         self, responder: Responder, body: dict[str, Any], prompt: str, *, chat: bool
@@ -897,6 +972,7 @@ class FakeNeuron:
         requested, model, prompt_tokens = await self._prepare(body, prompt)
 
         pieces, finish = _fake_tokens(self.name, model.id, prompt, limit)
+        self._count_tokens(model.id, 0, len(pieces))
         self._sequence += 1
         prefix = "chatcmpl" if chat else "cmpl"
         meta = {
@@ -1002,6 +1078,8 @@ class FakeNeuron:
                 self.set_status(spec.get("model"), spec.get("status"))  # type: ignore[arg-type]
             elif action == "set_queue":
                 self.set_queue(spec.get("model"), spec.get("queue_depth"))  # type: ignore[arg-type]
+            elif action == "set_loading":
+                self.set_loading(spec.get("loading"))  # type: ignore[arg-type]
             else:
                 raise _BadRequest(f"unknown action {action!r}")
         except KeyError:
@@ -1119,6 +1197,24 @@ def add_fake_neuron_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="simulated model load time (default: %(default)s)",
     )
+    parser.add_argument(
+        "--flavor",
+        choices=FLAVOURS,
+        default="neuron",
+        help="the kind of server to be: the neuron daemon, or another backend's API "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve https:// with this certificate (chain) file; needs --tls-key",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="answer 401 to requests without 'Authorization: Bearer KEY' (but /_control)",
+    )
 
 
 class _Announce(anyio.abc.TaskStatus[int]):
@@ -1127,6 +1223,19 @@ class _Announce(anyio.abc.TaskStatus[int]):
 
     def started(self, value: int | None = None) -> None:
         print(f"fake neuron {self._neuron.name} listening on {self._neuron.url}", flush=True)
+
+
+def _server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use --tls-cert {cert} / --tls-key {key}: {exc}") from None
+    return context
 
 
 def fake_neuron_main(args: argparse.Namespace) -> int:
@@ -1143,6 +1252,9 @@ def fake_neuron_main(args: argparse.Namespace) -> int:
             token_latency=args.token_latency,
             load_delay=args.load_delay,
             max_resident=args.max_resident,
+            flavor=getattr(args, "flavor", "neuron"),
+            tls=_server_tls(getattr(args, "tls_cert", None), getattr(args, "tls_key", None)),
+            api_key=getattr(args, "api_key", None),
         )
     except (TypeError, ValueError) as exc:
         print(f"cortex-fsm fake-neuron: error: {exc}", file=sys.stderr)
