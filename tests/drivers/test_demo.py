@@ -29,7 +29,7 @@ def test_demo_plays_the_incident(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "200 from small-b       route_loaded  (attempt 2)" in out
     assert "node small-a  unhealthy -> healthy   (poll_ok)" in out
     checks = [line for line in out.splitlines() if line.startswith("  [")]
-    assert len(checks) == 10
+    assert len(checks) == 11
     assert all(line.startswith("  [ok]") for line in checks), checks
     assert "replaying the recorded trace gives the same" in out
     # a glimpse of the operator's view: /metrics and the access log
@@ -38,8 +38,9 @@ def test_demo_plays_the_incident(tmp_path: Path, capsys: pytest.CaptureFixture[s
     access = out.split("access log (one JSON line per request; the last two)\n")[1]
     lines = [json.loads(line) for line in access.splitlines()[:2]]
     assert [line["path"] for line in lines] == ["/v1/chat/completions"] * 2
+    assert "request Qwen/Qwen3-8B -> 200 from vllm-1" in out
     with TraceReader(record) as trace:
-        assert [n.name for n in trace.header.neurons] == ["big", "small-a", "small-b"]
+        assert [n.name for n in trace.header.neurons] == ["big", "small-a", "small-b", "vllm-1"]
         assert sum(1 for _ in trace) > 50
 
 

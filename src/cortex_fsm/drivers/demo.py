@@ -17,6 +17,11 @@ out:
 3. ``big`` recovers: one good poll makes it ``healthy`` and big traffic
    returns.
 
+A fourth node, ``vllm-1``, is not a neuron but a (simulated) vLLM server,
+configured with ``kind = "vllm"``: the gateway polls it at ``/health``,
+``/v1/models`` and ``/metrics`` and sends its model's requests straight to
+its ``/v1`` API; one such request is part of the steady state.
+
 Then a second act (docs/semantics.md Part II): ``small-a``, one of the two
 replicas of the small model, dies right after a poll. Requests that draw it
 fail over to ``small-b`` within the same client request (§7), so clients see
@@ -74,6 +79,7 @@ __all__ = [
 
 BIG_MODEL = "org/Big-70B"
 SMALL_MODEL = "org/Small-8B"
+VLLM_MODEL = "Qwen/Qwen3-8B"
 _REQUEST_GAP = 0.2  # seconds between two requests of one client
 _PHASE = 1.5  # seconds of traffic in each calm phase
 _WAIT_LIMIT = 15.0  # seconds to wait for a state change before giving up
@@ -143,6 +149,7 @@ def _neuron_configs() -> list[FakeNeuronConfig]:
         host("big", 2, 49152, BIG_MODEL),
         host("small-a", 1, 24576, SMALL_MODEL),
         host("small-b", 1, 24576, SMALL_MODEL),
+        attrs.evolve(host("vllm-1", 1, 24576, VLLM_MODEL), flavor="vllm"),
     ]
 
 
@@ -160,7 +167,9 @@ def demo_config(
         aliases={"tier/large": BIG_MODEL, "tier/small": SMALL_MODEL},
     )
     return GatewayConfig(
-        neurons=tuple(Neuron(name=name, endpoint=n.url) for name, n in neurons.items()),
+        neurons=tuple(
+            Neuron(name=name, endpoint=n.url, kind=n.config.flavor) for name, n in neurons.items()
+        ),
         catalogue=catalogue,
         policy=Policy(failure_threshold=3, poll_interval=poll_interval),
         listen_host="127.0.0.1",
@@ -273,6 +282,7 @@ async def run_demo(out: IO[str], *, record: str, poll_interval: float = 0.5) -> 
             )
             traffic.start_soon(client_loop, BIG_MODEL)
             traffic.start_soon(client_loop, SMALL_MODEL)
+            await _one_request(client, gateway, VLLM_MODEL, timeline, result)
             await anyio.sleep(_PHASE)
 
             timeline.banner("incident: 'big' (the only 2-GPU host) stops answering")
@@ -397,6 +407,12 @@ def _intro(out: IO[str], neurons: dict[str, FakeNeuron], config: GatewayConfig) 
     for name, neuron in neurons.items():
         c = neuron.config
         models = ", ".join(m for m, _ in c.models)
+        if c.flavor != "neuron":
+            out.write(
+                f"{c.flavor:<8} {name:<8} {neuron.url}  a {c.flavor} server (kind = "
+                f'"{c.flavor}": /health, /v1/models, /metrics), serving {models}\n'
+            )
+            continue
         out.write(
             f"neuron   {name:<8} {neuron.url}  {c.gpus} GPU x {c.vram_mb // 1024} GiB, "
             f"serving {models}\n"
@@ -454,11 +470,14 @@ async def _one_request(
         where = f"Retry-After: {retry}" if retry else "(no Retry-After)"
     again = f"  (attempt {attempt})" if attempt is not None else ""
     timeline.line(f"request {model:<13} -> {resp.status} {where:<18} {outcome}{again}", t)
+    if model == VLLM_MODEL:
+        timeline.line(f"         ({node} is a vLLM server: the request went to its /v1 API)", t)
 
 
 def _check(result: DemoResult) -> None:
     big = [o for o in result.outcomes if o.model == BIG_MODEL]
     small = [o for o in result.outcomes if o.model == SMALL_MODEL]
+    served_by_vllm = [o for o in result.outcomes if o.model == VLLM_MODEL]
     labels = [tr.to.label for tr in result.transitions if tr.node == "big"]
     first_unhealthy = next((i for i, o in enumerate(big) if o.big_state == "unhealthy"), None)
     after = big[first_unhealthy:] if first_unhealthy is not None else []
@@ -515,6 +534,11 @@ def _check(result: DemoResult) -> None:
             f"with equal loads small requests went to both replicas, before '{_DIES}' died "
             "and again after it returned",
             before == again == set(_SMALL_HOSTS),
+        ),
+        (
+            'the vLLM server\'s model was routed to it (kind = "vllm")',
+            bool(served_by_vllm)
+            and all(o.status == 200 and o.node == "vllm-1" for o in served_by_vllm),
         ),
         (
             f"replaying the recorded trace gives the same {len(result.decisions)} decisions",
