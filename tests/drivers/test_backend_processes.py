@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,12 @@ FLAVOURS = {
     "ollama": "qwen3:8b",
 }
 BIG = "org/Big-70B"
+WAIT = 60.0  # seconds: generous, the machine may be busy
 BIG_MODEL_TOML = f'[[models]]\nid = "{BIG}"\nmin_devices = 2\nmin_device_vram_mb = 40000\n'
+
+
+def wait(predicate: Callable[[], bool], what: str) -> None:
+    wait_for(predicate, timeout=WAIT, what=what)
 
 
 def neuron_entry(proc: Proc, kind: str = "neuron", extra: str = "") -> str:
@@ -57,10 +63,11 @@ def stop_all(*procs: Proc) -> None:
 
 
 def test_serve_in_front_of_a_process_of_each_flavour(tmp_path: Path) -> None:
-    *backends, keeper = start_neurons(
+    *backends, keeper, unset = start_neurons(
         tmp_path,
         *[(f"n-{kind}", "--flavor", kind, "--model", model) for kind, model in FLAVOURS.items()],
         ("keeper", "--model", "org/Kept-8B"),
+        ("unset", "--flavor", "vllm", "--model", "org/U-8B"),
     )
     config = tmp_path / "cortex.toml"
     config.write_text(
@@ -68,11 +75,23 @@ def test_serve_in_front_of_a_process_of_each_flavour(tmp_path: Path) -> None:
         "[policy]\npoll_interval = 0.2\n"
         + "".join(neuron_entry(p, kind) for p, kind in zip(backends, FLAVOURS, strict=True))
         + neuron_entry(keeper)
+        + f'[[neurons]]\nname = "unset"\nendpoint = "{unset.url}"\n'
     )
     gateway = start_gateway(tmp_path, config)
     try:
-        wait_for(lambda: ready(gateway.url), what="the gateway to be ready")
-        wait_for(lambda: all_in(gateway, "healthy"), what="every backend to be healthy")
+        wait(lambda: ready(gateway.url), what="the gateway to be ready")
+        wait(
+            lambda: all(nodes(gateway)[p.name]["state"] == "healthy" for p in [*backends, keeper]),
+            what="every backend to be healthy",
+        )
+        # The vLLM server configured as a neuron: one log line says what to set.
+        wait(lambda: bool(gateway.events("wrong_kind")), what="the wrong_kind line")
+        (line,) = gateway.events("wrong_kind")
+        assert line["message"] == (
+            "node 'unset' (kind = \"neuron\") answered GET /models with status:404, but it "
+            "looks like vLLM (its /metrics has vllm: series): "
+            'set kind = "vllm" in its [[neurons]] entry'
+        )
         for kind, model in FLAVOURS.items():
             status, headers, body = post_chat(gateway, model)
             assert status == 200, (kind, body)
@@ -81,7 +100,7 @@ def test_serve_in_front_of_a_process_of_each_flavour(tmp_path: Path) -> None:
         # Every backend is gone (the keeper stays): each model is one a down
         # node is known to hold, so it is 503 + Retry-After, never a 404.
         stop_all(*backends)
-        wait_for(
+        wait(
             lambda: all(nodes(gateway)[p.name]["state"] == "unhealthy" for p in backends),
             what="every backend to be unhealthy",
         )
@@ -91,10 +110,11 @@ def test_serve_in_front_of_a_process_of_each_flavour(tmp_path: Path) -> None:
             assert headers["x-cortex-outcome"] == "feasible_node_unhealthy"
             assert headers["retry-after"] == "3"
         assert post_chat(gateway, "org/Kept-8B")[0] == 200
+        assert len(gateway.events("wrong_kind")) == 1  # said once, not at every poll
         assert gateway.alive()
     finally:
         gateway.stop()
-        stop_all(*backends, keeper)
+        stop_all(*backends, keeper, unset)
 
 
 def restart_during_an_outage(tmp_path: Path, *, state_dir: bool, declared: bool) -> None:
@@ -120,18 +140,18 @@ def restart_during_an_outage(tmp_path: Path, *, state_dir: bool, declared: bool)
         if state_dir:
             first = start_gateway(tmp_path, config)
             try:
-                wait_for(lambda: all_in(first, "healthy"), what="both hosts to be healthy")
-                wait_for((tmp_path / "state" / STATE_FILE).exists, what="the state file")
+                wait(lambda: all_in(first, "healthy"), what="both hosts to be healthy")
+                wait((tmp_path / "state" / STATE_FILE).exists, what="the state file")
                 status, _, body = post_chat(first, BIG)
                 assert status == 200, body
                 first.signal(signal.SIGTERM)
-                assert first.wait(timeout=15) == 0
+                assert first.wait(timeout=WAIT) == 0
             finally:
                 first.stop()
         big.stop()
         second = start_gateway(tmp_path, config)
         try:
-            wait_for(lambda: nodes(second)["small"]["state"] == "healthy", what="small")
+            wait(lambda: nodes(second)["small"]["state"] == "healthy", what="small")
             status, headers, body = post_chat(second, BIG)
             assert status == 503, body
             assert headers["x-cortex-outcome"] == "feasible_node_unhealthy"
@@ -165,7 +185,7 @@ def test_without_either_the_same_restart_is_a_404(tmp_path: Path) -> None:
     )
     gateway = start_gateway(tmp_path, config)
     try:
-        wait_for(lambda: nodes(gateway)["small"]["state"] == "healthy", what="small")
+        wait(lambda: nodes(gateway)["small"]["state"] == "healthy", what="small")
         status, headers, _ = post_chat(gateway, BIG)
         assert (status, headers["x-cortex-outcome"]) == (404, "no_feasible_neuron")
     finally:
