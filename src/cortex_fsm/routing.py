@@ -76,7 +76,7 @@ import attrs
 from .catalogue import Catalogue, LoadSpec, Profile, load_spec, pin_key
 from .errors import Outcome
 from .fleet import ModelStatus, NodeLike
-from .policy import Policy
+from .policy import RETRY_AFTER_KEYS, Policy
 
 __all__ = [
     "CONDITIONS",
@@ -346,7 +346,9 @@ def decide(
     model = catalogue.aliases.get(requested, requested)  # rule 0: one lookup, never chained
     # Conditions 0-6: one pass over the nodes that hold the model.
     best: NodeLike | None = None
-    best_key: tuple[int, int, str] = (0, 0, "")
+    # The pick's key (load, recency, name), compared field by field: no tuple per replica.
+    best_load = best_recency = 0
+    best_name = ""
     recovering: str | None = None
     unloaded: str | None = None
     mask = 0
@@ -362,14 +364,25 @@ def decide(
                 down_holds = True
                 continue
             if status is _LOADED or status is _RELOADING:
-                busy = node.busy.get(model, 0)
+                load = node.busy.get(model, 0)
                 if by_max:
                     local = node.local.get(model, 0)
-                    key = (local if local > busy else busy, node.chosen.get(model, -1), node.name)
+                    load = local if local > load else load  # max() costs a call
+                    recency = node.chosen.get(model, -1)
                 else:
-                    key = (busy, 0, node.name)
-                if best is None or key < best_key:
-                    best, best_key = node, key
+                    recency = 0
+                name = node.name
+                if (
+                    best is None
+                    or load < best_load
+                    or (
+                        load == best_load
+                        and (
+                            recency < best_recency or (recency == best_recency and name < best_name)
+                        )
+                    )
+                ):
+                    best, best_load, best_recency, best_name = node, load, recency, name
             elif status is _RECOVERING:
                 if recovering is None or node.name < recovering:
                     recovering = node.name
@@ -423,7 +436,9 @@ def decide(
         chosen = unloaded
     else:  # FIRST_RECOVERING: not a route; the node is named in the error
         chosen = recovering
-    retry = policy.retry_after(rule.outcome)
+    # policy.retry_after(rule.outcome), without hashing the enum on the hot path
+    retry_key = _RETRY_KEY[rule.rule]
+    retry = None if retry_key is None else int(getattr(policy, retry_key))
     intern_key = (requested, model, rule.rule, chosen, retry, exclude)
     decision = _INTERNED.get(intern_key)
     if decision is None:
@@ -453,6 +468,10 @@ def decide(
     return decision
 
 
+#: The policy key of each rule's Retry-After (None: the outcome carries none).
+_RETRY_KEY: Mapping[str, str | None] = {
+    label: RETRY_AFTER_KEYS.get(outcome) for label, outcome in RULE_OUTCOME.items()
+}
 _INTERNED: dict[tuple[str, str, str, str | None, int | None, frozenset[str]], Decision] = {}
 _INTERN_LIMIT = 1 << 16
 
