@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -253,6 +254,22 @@ class Replayer:
             else:
                 feed(kind, f)
 
+    def run_trace(
+        self, trace: TraceReader, write: Callable[[str], object] | None, *, fast: bool = True
+    ) -> None:
+        """Apply every record of ``trace``, as :meth:`run` does with ``trace.records()``.
+
+        With ``fast`` and msgspec installed, the ordinary request, ``/models``
+        and ``/health`` lines are decoded by :mod:`cortex_fsm.trace_fast`, and
+        every other line -- or one it refuses -- by the reader's json path, so
+        the decisions, the summary and every error (file, line, problem) are
+        the same either way.
+        """
+        if fast and _fast_decoding():
+            _run_fast(self, trace, write)
+        else:
+            self.run(trace.records(), write)
+
     def feed(self, kind: str, fields: Mapping[str, Any]) -> Decision | None:
         """Apply one record; returns the decision when it is a request."""
         if self.t_start is None:
@@ -330,6 +347,138 @@ class Replayer:
         )
 
 
+def _fast_decoding() -> bool:
+    """Is msgspec installed (so :mod:`cortex_fsm.trace_fast` can be imported)?"""
+    try:
+        from . import trace_fast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_FLUSH_EVERY = 4096  # decision lines written per write call
+_REFUSED = object()
+
+
+def _run_fast(
+    replayer: Replayer, trace: TraceReader, write: Callable[[str], object] | None
+) -> None:
+    """Replayer.run_trace with msgspec: the hot loop of replay.
+
+    A line takes the fast path only when the json path would accept it and
+    make the same record of it (the checks below are the reader's for these
+    kinds, in :meth:`TraceReader.records`); every other line goes to
+    ``trace.record_of_line``, which reads it exactly as ``records`` does. A
+    body equal, byte for byte, to the node's last one of its kind is not
+    decoded again: the engine gets the same value as last time, which it
+    recognises at once.
+    """
+    from .trace_fast import Health, Models, Request, decode_body, decode_line
+
+    engine = replayer.engine
+    route = engine.route
+    models = engine.observe_models_body
+    health = engine.observe_health_body
+    feed = replayer.feed
+    transition = replayer._transition
+    neurons = trace._neurons  # shared with the reader: neuron_added/removed update it
+    ids = trace._request_ids
+    line, last_t, events = trace.line, trace._last_t, trace.events
+    started = replayer.t_start is not None
+    last_models: dict[str, tuple[object, object]] = {}  # node -> (raw body, its value)
+    last_health: dict[str, tuple[object, object]] = {}
+    pending: list[str] = []
+    emit = pending.append
+    readline = trace._fh.readline
+    try:
+        while True:
+            try:
+                raw = readline()
+            except (OSError, EOFError, zlib.error) as exc:
+                trace.read_failed(exc, line)
+                break
+            if not raw:
+                break
+            line += 1
+            try:
+                # A last line without its end of line: the json path decides
+                # whether it is complete.
+                ev: Request | Models | Health | None = decode_line(raw) if raw[-1] == 10 else None
+            except Exception:  # anything msgspec refuses: the json path says why
+                ev = None
+            if type(ev) is Request:
+                t = ev.t
+                rid = ev.id
+                if started and t >= last_t and t - t == 0.0 and rid not in ids:
+                    ids.add(rid)
+                    last_t = t
+                    events += 1
+                    decision = route(ev.model, t, NO_EXCLUDE, (rid, 1))
+                    if write is not None:
+                        emit(decision_line(decision, rid, t))
+                        if len(pending) >= _FLUSH_EVERY:
+                            write("".join(pending))
+                            pending.clear()
+                    continue
+            elif type(ev) is Health or type(ev) is Models:
+                t = ev.t
+                node = ev.node
+                if started and t >= last_t and t - t == 0.0 and node in neurons:
+                    if ev.ok is True:
+                        body_raw = ev.body
+                        if body_raw:
+                            memo = last_health if type(ev) is Health else last_models
+                            seen = memo.get(node)
+                            if seen is not None and seen[0] == body_raw:
+                                body = seen[1]
+                            else:
+                                try:
+                                    body = decode_body(body_raw)
+                                except Exception:
+                                    body = _REFUSED
+                                else:
+                                    memo[node] = (body_raw, body)
+                            if body is not _REFUSED:
+                                last_t = t
+                                events += 1
+                                if type(ev) is Health:
+                                    health(node, t, body)
+                                else:
+                                    result = models(node, t, body)
+                                    if result is not None:
+                                        transition(result)
+                                continue
+                    elif type(ev) is Models:  # a failed poll
+                        last_t = t
+                        events += 1
+                        feed(
+                            "models",
+                            {
+                                "kind": "models",
+                                "t": t,
+                                "node": node,
+                                "ok": False,
+                                "error": ev.error,
+                            },
+                        )
+                        continue
+            # Any other line: the json path reads it (or says what is wrong).
+            trace.line, trace._last_t, trace.events = line - 1, last_t, events
+            got = trace.record_of_line(raw)
+            line, last_t, events = trace.line, trace._last_t, trace.events
+            if trace.truncated is not None:
+                break
+            for kind, f in got:
+                answer = feed(kind, f)
+                if answer is not None and write is not None:
+                    emit(decision_line(answer, f["id"], f["t"], f.get("attempt")))
+                started = True
+    finally:
+        trace.line, trace._last_t, trace.events = line, last_t, events
+        if pending and write is not None:
+            write("".join(pending))
+
+
 def _adjuster(overrides: Sequence[str], where: str) -> Callable[[Policy], Policy] | None:
     if not overrides:
         return None
@@ -341,16 +490,19 @@ def replay(
     *,
     overrides: Sequence[str] = (),
     out: IO[str] | None = None,
+    fast: bool = True,
 ) -> Summary:
     """Replay ``path``; write decision lines to ``out`` (if given); return the summary.
 
     ``overrides`` are ``KEY=VALUE`` policy changes on top of the header's policy.
+    ``fast=False`` reads every line with the stdlib json path even when msgspec
+    is installed (same result; see :meth:`Replayer.run_trace`).
     Raises :class:`~cortex_fsm.errors.TraceError` / ``ConfigError`` on bad input.
     """
     with TraceReader(path) as trace:
         policy = trace.header.policy.with_assignments(overrides, where="--set")
         replayer = Replayer(trace.header, policy, _adjuster(overrides, "--set"))
-        replayer.run(trace.records(), None if out is None else out.write)
+        replayer.run_trace(trace, None if out is None else out.write, fast=fast)
         return replayer.summary(events=trace.events, t_end=trace.last_t)
 
 

@@ -22,7 +22,7 @@ import stat
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any
@@ -397,6 +397,30 @@ class TraceReader:
         neuron of the header. ``line``, ``events`` and ``last_t`` are brought
         up to date when iteration stops (the loop keeps them in locals).
         """
+        return self._records(self._fh)
+
+    def record_of_line(self, raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+        """The next line, read by a caller that iterates the file itself: what
+        :meth:`records` makes of it -- no record (a blank line, or a cut-off
+        last line: then ``truncated`` is set), or one -- with the same checks,
+        the same errors, and ``line``, ``events`` and ``last_t`` advanced."""
+        return list(self._records((raw,)))
+
+    def read_failed(self, exc: Exception, line: int) -> None:
+        """The file could not be read past ``line`` (a caller iterating it
+        itself): a gzip member cut off mid-way ends the trace with a warning;
+        anything else is a :class:`TraceError`."""
+        if isinstance(exc, EOFError):
+            # A gzip member cut off mid-way (the writer was killed while writing it):
+            # everything before it is intact.
+            self.line = line
+            self._cut_off(line + 1, "it ends in the middle of a gzip member")
+            return
+        # gzip.BadGzipFile is an OSError.
+        self.line = line + 1
+        raise self._error(f"unreadable data ({type(exc).__name__}: {exc})") from None
+
+    def _records(self, source: Iterable[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
         check = self._check
         neurons = self._neurons
         ids = self._request_ids
@@ -405,7 +429,7 @@ class TraceReader:
         events = self.events
         last_t = self._last_t
         try:
-            for raw in self._fh:
+            for raw in source:
                 line += 1
                 try:
                     # JSONDecoder.raw_decode: json.loads without its Python-level

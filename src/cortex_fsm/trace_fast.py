@@ -1,0 +1,57 @@
+"""Typed decoding of the common trace lines with msgspec (an optional dependency).
+
+Importing this module fails when msgspec is not installed; replay then reads
+every line with the stdlib ``json`` path of :class:`~cortex_fsm.trace.TraceReader`.
+
+A line decodes here only when it is an ordinary ``request``, ``models`` or
+``health`` event: the fields the kind needs, of the right JSON types (``t`` a
+number, never a boolean), and for a request no other field at all (so an
+``attempt`` or ``exclude`` goes the general way). A ``/models`` or
+``/health`` body is kept as the raw JSON text (:class:`msgspec.Raw`), decoded
+only when it differs from the node's last one, and always into plain JSON
+values: judging a body is the engine's job (docs/semantics.md §1). Anything
+this decoder refuses -- another kind, a missing or mistyped field, bad JSON,
+a number out of range -- is read again by the json path, which accepts it or
+says what is wrong with it, naming the file and the line. So this module
+decides how fast a line is read, never what it means.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+__all__ = ["Health", "Models", "Raw", "Request", "decode_body", "decode_line"]
+
+Raw = msgspec.Raw
+NO_BODY: Final = msgspec.Raw()
+
+
+class Request(
+    msgspec.Struct, tag_field="kind", tag="request", forbid_unknown_fields=True, gc=False
+):
+    t: float
+    id: str
+    model: str
+
+
+class Models(msgspec.Struct, tag_field="kind", tag="models", gc=False):
+    t: float
+    node: str
+    ok: bool
+    body: msgspec.Raw = NO_BODY
+    error: str = ""
+
+
+class Health(msgspec.Struct, tag_field="kind", tag="health", gc=False):
+    t: float
+    node: str
+    ok: bool
+    body: msgspec.Raw = NO_BODY
+
+
+#: One line (bytes) to a Request, Models or Health; raises on anything else.
+decode_line = msgspec.json.Decoder(Request | Models | Health).decode
+#: A body's raw text to plain JSON values (dict, list, str, int, float, bool, None).
+decode_body = msgspec.json.Decoder().decode
