@@ -28,6 +28,7 @@ from litellm_support import (
     require_litellm,
     served_by,
     start,
+    wait_for,
 )
 
 require_litellm()
@@ -186,6 +187,40 @@ def test_the_sync_path_spreads_and_fails_over(pair: list[FakeServer], attempts: 
     assert served_by(failing) == {"s-b": 6}
     assert attempts.failed == {"s-a": T}
     assert served_by(again) == {"s-a": 1, "s-b": 1}
+
+
+def test_sync_and_async_requests_at_once_leave_nothing_in_flight(pair: list[FakeServer]) -> None:
+    a, b = pair
+    router = Router(
+        model_list=[deployment("m-a", "g", a.url), deployment("m-b", "g", b.url)], num_retries=1
+    )
+
+    async def many() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(router.acompletion(model="g", messages=MESSAGES, max_tokens=2) for _ in range(24))
+            )
+        )
+
+    def in_flight(installed: Installed) -> dict[str, dict[str, int]]:
+        with installed.lock:
+            return {n.name: dict(n.local) for n in installed.engine.snapshot().nodes if n.local}
+
+    with install(router, policy=POLICY) as installed:
+        sync_served: list[Any] = []
+
+        def sync_side() -> None:
+            for _ in range(8):
+                sync_served.append(router.completion(model="g", messages=MESSAGES, max_tokens=2))
+
+        worker = threading.Thread(target=sync_side)
+        worker.start()
+        async_served = asyncio.run(many())
+        worker.join()
+        wait_for(lambda: not in_flight(installed))
+    counts = served_by(async_served + sync_served)
+    assert sum(counts.values()) == 32
+    assert min(counts.values()) >= 8  # both deployments took a share
 
 
 def test_a_group_whose_deployments_are_all_down_is_a_retried_503_with_retry_after(
