@@ -10,7 +10,8 @@ fleet), puts them behind one LiteLLM model group as three deployments, and
 sends the same phases of requests (``--concurrency`` at a time) through
 ``Router.acompletion``:
 
-``healthy``   every deployment up;
+``healthy``   every deployment up (a few requests through a throwaway router
+              come first, so neither run pays LiteLLM's start-up costs);
 ``killed``    ``a`` is killed (SIGKILL) as the phase starts, and stays dead;
 ``flapping``  ``b`` alternates between answering 500 and answering well,
               every ``--flap`` seconds;
@@ -198,6 +199,36 @@ async def _send(router: Any, phase: Phase, n: int, concurrency: int) -> None:
     await asyncio.gather(*(one() for _ in range(n)))
 
 
+def warm_up(flavor: str) -> None:
+    """A few requests through a throwaway router first, so LiteLLM's one-time start-up
+    costs land on neither run (the first would pay them)."""
+    from litellm import Router
+
+    server = Server("warm", flavor)
+    server.wait()
+    try:
+        router = Router(
+            model_list=[
+                {
+                    "model_name": GROUP,
+                    "litellm_params": {
+                        "model": "openai/m",
+                        "api_base": server.url + "/v1",
+                        "api_key": "unused",
+                    },
+                }
+            ]
+        )
+
+        async def some() -> None:
+            for _ in range(8):
+                await router.acompletion(model=GROUP, messages=MESSAGES, max_tokens=4)
+
+        asyncio.run(some())
+    finally:
+        server.kill()
+
+
 def run(args: argparse.Namespace, *, cortex: bool) -> list[Phase]:
     import litellm
     from litellm import Router
@@ -286,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import litellm  # noqa: F401  (the import alone takes seconds: not part of either run)
 
     imported = time.monotonic() - began
+    warm_up(args.flavor)
     results = {"litellm": run(args, cortex=False), "cortex_fsm": run(args, cortex=True)}
     print(
         f"flavor {args.flavor}, concurrency {args.concurrency}, Router timeout {args.timeout} s, "
