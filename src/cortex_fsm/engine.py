@@ -57,7 +57,7 @@ from .fleet import (
 )
 from .health import UNKNOWN, Event, HealthState, HealthTable, Phase
 from .policy import Policy
-from .routing import NO_EXCLUDE, RULE_OUTCOME, Decision, decide
+from .routing import NO_EXCLUDE, RULE_OUTCOME, RULES, Decision, Pick, decide
 from .wire import Invalid, parse_health, parse_models
 
 __all__ = ["Engine", "NodeStatus", "Statistics", "Transition"]
@@ -158,6 +158,8 @@ class _Node:
 
 
 _NO_HOLDERS: dict[str, _Node] = {}
+#: The rules whose pick depends on the replicas' loads (rule 2's).
+_LOAD_PICKED = frozenset(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
 _CACHE_LIMIT = 1 << 16
 
 
@@ -399,15 +401,62 @@ class Engine:
 
     def _replace_busy(self, rec: _Node, new: dict[str, int]) -> None:
         old = rec.busy
-        if new != old:  # no reading counts as 0, so compare per model with that default
-            invalidate = self._invalidate
-            for model, busy in new.items():
-                if old.get(model, 0) != busy:
-                    invalidate(model)
-            for model, busy in old.items():
-                if busy and model not in new:
-                    invalidate(model)
         rec.busy = new
+        if not self._cache or new == old:
+            return
+        # No reading counts as 0, so compare per model with that default.
+        for model, busy in new.items():
+            if old.get(model, 0) != busy:
+                self._load_moved(rec, model, old.get(model, 0))
+        for model, busy in old.items():
+            if busy and model not in new:
+                self._load_moved(rec, model, busy)
+
+    def _load_moved(self, rec: _Node, model: str, before: int) -> None:
+        """``rec``'s reported load of ``model`` was ``before`` and has changed:
+        forget the cached decisions it can change.
+
+        A load enters a decision only as the key of rule 2's pick among the
+        live loaded replicas (least load, then least recently chosen, then
+        name; docs/semantics.md §8), never its conditions. So a cached
+        decision stays right when it is not rule 2, when ``rec`` is no such
+        replica, when ``rec`` is the chosen replica and its key did not grow,
+        or when it is another replica whose key is still above the chosen
+        one's. Anything else is dropped, and decided again when asked.
+        """
+        cache = self._cache
+        entry = rec.models.get(model)
+        candidate = (
+            rec.routable
+            and entry is not None
+            and (entry.status is ModelStatus.LOADED or entry.status is ModelStatus.RELOADING)
+        )
+        for requested in (model, *self._aliases_of.get(model, ())):
+            cached = cache.get(requested)
+            if cached is None or cached.model != model or cached.rule not in _LOAD_PICKED:
+                continue
+            if candidate:
+                if cached.node == rec.name:
+                    if self._pick_key(rec, model) <= self._pick_key(rec, model, before):
+                        continue
+                else:
+                    chosen = self._nodes.get(cached.node or "")
+                    if chosen is not None and self._pick_key(rec, model) > self._pick_key(
+                        chosen, model
+                    ):
+                        continue
+            else:
+                continue
+            del cache[requested]
+
+    def _pick_key(self, rec: _Node, model: str, busy: int | None = None) -> tuple[int, int, str]:
+        """Rule 2's key for ``rec`` as :func:`~cortex_fsm.routing.decide` computes it
+        (with ``busy`` in place of the reported load, when given)."""
+        load = rec.busy.get(model, 0) if busy is None else busy
+        if self._count_local:
+            local = rec.local.get(model, 0)
+            return (local if local > load else load, rec.chosen.get(model, -1), rec.name)
+        return (load, 0, rec.name)
 
     def observe_request(self, node: str, t: float, ok: bool, reason: str = "") -> Transition | None:
         """The outcome of one request forwarded to ``node`` (passive health, §6).
