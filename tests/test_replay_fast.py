@@ -163,6 +163,16 @@ HOSTILE: list[object] = [
     '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"x": NaN}}',
     '{"kind": "models", "t": 9, "node": "a", "ok": true, "body": [' * 3000 + "]" * 3000 + "}",
     "\ufeff" + json.dumps({"kind": "request", "t": 9, "id": "x", "model": "m"}),
+    # msgspec skips unknown fields and raw bodies without checking them as it decodes
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {}, "x": "\xff"}',
+    b'{"kind": "models", "t": 9, "node": "a", "ok": true, "body": [], "x": "\xff"}',
+    b'{"kind": "models", "t": 9, "node": "a", "ok": false, "x": "\xff"}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {}, "x": "\\q"}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {}, "x": 01}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"x": "\\q"}}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"x": 01}}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"x": [1 2]}}',
+    b'{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"x": "\\ud800"}}',
     # what the json path accepts, perhaps unusually
     "",
     "   \t",

@@ -5,11 +5,15 @@ every line with the stdlib ``json`` path of :class:`~cortex_fsm.trace.TraceReade
 
 A line decodes here only when it is an ordinary ``request``, ``models`` or
 ``health`` event: the fields the kind needs, of the right JSON types (``t`` a
-number, never a boolean), and for a request no other field at all (so an
+number, never a boolean), and no other field at all (so a request's
 ``attempt`` or ``exclude`` goes the general way). A ``/models`` or
 ``/health`` body is kept as the raw JSON text (:class:`msgspec.Raw`), decoded
 only when it differs from the node's last one, and always into plain JSON
-values: judging a body is the engine's job (docs/semantics.md §1). Anything
+values: judging a body is the engine's job (docs/semantics.md §1). Nothing
+is skipped unchecked: msgspec does not validate what it skips (an unknown
+field, a raw body) as strictly as it decodes, so there are no unknown fields
+here, and a raw body is either decoded in full or equal, byte for byte, to
+one that was. Anything
 this decoder refuses -- another kind, a missing or mistyped field, bad JSON,
 a number out of range -- is read again by the json path, which accepts it or
 says what is wrong with it, naming the file and the line. So this module
@@ -36,7 +40,7 @@ class Request(
     model: str
 
 
-class Models(msgspec.Struct, tag_field="kind", tag="models", gc=False):
+class Models(msgspec.Struct, tag_field="kind", tag="models", forbid_unknown_fields=True, gc=False):
     t: float
     node: str
     ok: bool
@@ -44,7 +48,7 @@ class Models(msgspec.Struct, tag_field="kind", tag="models", gc=False):
     error: str = ""
 
 
-class Health(msgspec.Struct, tag_field="kind", tag="health", gc=False):
+class Health(msgspec.Struct, tag_field="kind", tag="health", forbid_unknown_fields=True, gc=False):
     t: float
     node: str
     ok: bool
