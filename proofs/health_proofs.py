@@ -11,7 +11,7 @@ preconditions, the harness returns True.
 from __future__ import annotations
 
 from cortex_fsm.health import UNKNOWN, Event, HealthState, Phase, step
-from cortex_fsm.verify.invariants import PollHistory, h1, h2, h3, h4
+from cortex_fsm.verify.invariants import HealthHistory, h1, h2, h3, h4
 
 
 def _state(phase: Phase, failures: int) -> HealthState:
@@ -97,10 +97,10 @@ def runs_keep_h1_to_h4(
     post: __return__
     """
     state = UNKNOWN
-    history = PollHistory()
+    history = HealthHistory()
     for event in (e1, e2, e3, e4, e5, e6):
         history = history.after(
-            ok=event is Event.POLL_OK, routable_before=state.routable, threshold=threshold
+            event.label, routable_before=state.routable, threshold=threshold, passive=True
         )
         state = step(state, event, threshold)
         if not (

@@ -33,6 +33,8 @@ def node(
     *,
     discovery: Discovery | None = None,
     busy: dict[str, int] | None = None,
+    local: dict[str, int] | None = None,
+    chosen: dict[str, int] | None = None,
 ) -> NodeSnapshot:
     return NodeSnapshot(
         name=name,
@@ -40,6 +42,8 @@ def node(
         discovery=discovery,
         models={m: ModelEntry(status=s) for m, s in (models or {}).items()},
         busy=busy or {},
+        local=local or {},
+        chosen=chosen or {},
     )
 
 
@@ -51,40 +55,61 @@ def decision(
     load: LoadSpec | None = None,
 ) -> Decision:
     return Decision(
-        requested=requested, model="m", outcome=outcome, rule="x", node=node_name, load=load
+        requested=requested,
+        model="m",
+        outcome=outcome,
+        rule="x",
+        node=node_name,
+        load=load,
+        retry_after=outcome.retry_after,
     )
 
 
 # --- health ------------------------------------------------------------------------------------
 
 
-def test_poll_history_follows_polls() -> None:
-    h = inv.PollHistory()
-    h = h.after(ok=False, routable_before=False, threshold=3)
-    assert h == inv.PollHistory(ever_ok=False, streak=1, armed=False)
-    h = h.after(ok=False, routable_before=False, threshold=3)
+def _after(h: inv.HealthHistory, event: str, routable: bool) -> inv.HealthHistory:
+    return h.after(event, routable_before=routable, threshold=3, passive=True)
+
+
+def test_health_history_follows_events() -> None:
+    h = inv.HealthHistory()
+    h = _after(h, "poll_failed", False)
+    assert h == inv.HealthHistory(ever_ok=False, streak=1, armed=False)
+    h = _after(h, "poll_failed", False)
     assert h.streak == 1  # never answered: capped at 1 (H1 decides such a node)
-    h = h.after(ok=True, routable_before=False, threshold=3)
-    assert h == inv.PollHistory(ever_ok=True)
+    h = _after(h, "poll_ok", False)
+    assert h == inv.HealthHistory(ever_ok=True)
     for n in (1, 2, 3, 3):
-        h = h.after(ok=False, routable_before=True, threshold=3)
-        assert h.streak == n and h.armed
+        h = _after(h, "poll_failed", True)
+        assert h.streak == n and h.armed and not h.mixed
+    h = _after(h, "request_ok", False)  # found the node down: H5's premise, no reset
+    assert h.revive and h.streak == 3
+    h = _after(_after(h, "poll_ok", False), "request_failed", True)
+    assert (h.streak, h.mixed, h.armed) == (1, True, True)
+    h = _after(h, "request_ok", True)  # a routable node served a request: a success
+    assert h == inv.HealthHistory(ever_ok=True)
+    # Without passive health request outcomes are not health events at all.
+    quiet = h.after("request_failed", routable_before=True, threshold=3, passive=False)
+    assert quiet == h
 
 
 @pytest.mark.parametrize(
     ("history", "state", "broken"),
     [
-        (inv.PollHistory(), HEALTHY, "H1"),
-        (inv.PollHistory(ever_ok=False, streak=1), SUSPECT1, "H1"),
-        (inv.PollHistory(ever_ok=True, streak=1, armed=True), UNHEALTHY, "H2"),
-        (inv.PollHistory(ever_ok=True, streak=2, armed=True), UNHEALTHY, "H2"),
-        (inv.PollHistory(ever_ok=True, streak=3, armed=True), SUSPECT2, "H3"),
-        (inv.PollHistory(ever_ok=True), SUSPECT1, "H4"),
-        (inv.PollHistory(ever_ok=True), UNHEALTHY, "H4"),
+        (inv.HealthHistory(), HEALTHY, "H1"),
+        (inv.HealthHistory(ever_ok=False, streak=1), SUSPECT1, "H1"),
+        (inv.HealthHistory(ever_ok=True, streak=1, armed=True), UNHEALTHY, "H2"),
+        (inv.HealthHistory(ever_ok=True, streak=2, armed=True), UNHEALTHY, "H2"),
+        (inv.HealthHistory(ever_ok=True, streak=3, armed=True), SUSPECT2, "H3"),
+        (inv.HealthHistory(ever_ok=True), SUSPECT1, "H4"),
+        (inv.HealthHistory(ever_ok=True), UNHEALTHY, "H4"),
+        (inv.HealthHistory(ever_ok=True, streak=3, revive=True), HEALTHY, "H5"),
+        (inv.HealthHistory(ever_ok=True, streak=3, mixed=True, armed=True), SUSPECT2, "H6"),
     ],
 )
 def test_health_predicates_reject_violations(
-    history: inv.PollHistory, state: HealthState, broken: str
+    history: inv.HealthHistory, state: HealthState, broken: str
 ) -> None:
     assert broken in inv.check_health(history, state, 3)
 
@@ -92,15 +117,17 @@ def test_health_predicates_reject_violations(
 @pytest.mark.parametrize(
     ("history", "state"),
     [
-        (inv.PollHistory(), UNKNOWN),
-        (inv.PollHistory(ever_ok=False, streak=1), UNHEALTHY),
-        (inv.PollHistory(ever_ok=True), HEALTHY),
-        (inv.PollHistory(ever_ok=True, streak=1, armed=True), SUSPECT1),
-        (inv.PollHistory(ever_ok=True, streak=2, armed=True), SUSPECT2),
-        (inv.PollHistory(ever_ok=True, streak=3, armed=True), UNHEALTHY),
+        (inv.HealthHistory(), UNKNOWN),
+        (inv.HealthHistory(ever_ok=False, streak=1), UNHEALTHY),
+        (inv.HealthHistory(ever_ok=True), HEALTHY),
+        (inv.HealthHistory(ever_ok=True, streak=1, armed=True), SUSPECT1),
+        (inv.HealthHistory(ever_ok=True, streak=2, armed=True), SUSPECT2),
+        (inv.HealthHistory(ever_ok=True, streak=3, armed=True), UNHEALTHY),
+        (inv.HealthHistory(ever_ok=True, streak=3, revive=True), UNHEALTHY),
+        (inv.HealthHistory(ever_ok=True, streak=2, mixed=True, armed=True), SUSPECT2),
     ],
 )
-def test_health_predicates_accept_the_spec(history: inv.PollHistory, state: HealthState) -> None:
+def test_health_predicates_accept_the_spec(history: inv.HealthHistory, state: HealthState) -> None:
     assert inv.check_health(history, state, 3) == []
 
 
@@ -254,3 +281,84 @@ def test_check_decision_names_every_broken_invariant() -> None:
     assert inv.check_decision(fleet, CATALOGUE, bad) == ["R1", "R3", "SPEC"]
     assert inv.check_decision(fleet, CATALOGUE, bad, with_spec=False) == ["R1", "R3"]
     assert inv.check_decision(fleet, CATALOGUE, decide(fleet, CATALOGUE, "m", REFERENCE)) == []
+
+
+# --- Part II -----------------------------------------------------------------------------------
+
+DEFAULTS = Policy()
+
+
+def test_r1_widens_to_known_down_models_and_excluded_nodes() -> None:
+    fleet = FleetSnapshot(
+        nodes=(node("a", HEALTHY), node("b", UNHEALTHY, {"free": ModelStatus.LOADED}))
+    )
+    lost = Decision(requested="free", model="free", outcome=Outcome.MODEL_NOT_FOUND, rule="6")
+    assert inv.r1(fleet, CATALOGUE, lost, REFERENCE)  # Part I: an unknown model may be a 404
+    assert not inv.r1(fleet, CATALOGUE, lost, DEFAULTS)  # known_down = retry: never
+    up = FleetSnapshot(nodes=(node("a", HEALTHY, discovery=BIG), node("b", HEALTHY)))
+    cut = decision(Outcome.NO_FEASIBLE_NEURON)
+    assert inv.r1(up, CATALOGUE, cut, REFERENCE)
+    assert not inv.r1(up, CATALOGUE, cut, REFERENCE, frozenset({"a"}))  # excluded = down
+
+
+def test_r6_under_load_max_uses_local_counts_then_recency() -> None:
+    fleet = FleetSnapshot(
+        nodes=(
+            node("a", HEALTHY, {"m": ModelStatus.LOADED}, busy={"m": 0}, local={"m": 2}),
+            node("b", HEALTHY, {"m": ModelStatus.LOADED}, busy={"m": 1}, chosen={"m": 7}),
+            node("c", HEALTHY, {"m": ModelStatus.LOADED}, busy={"m": 1}, chosen={"m": 3}),
+        )
+    )
+    assert inv.r6(fleet, CATALOGUE, decision(Outcome.ROUTE_LOADED, "c"), DEFAULTS)
+    assert not inv.r6(fleet, CATALOGUE, decision(Outcome.ROUTE_LOADED, "b"), DEFAULTS)
+    assert inv.r6(fleet, CATALOGUE, decision(Outcome.ROUTE_LOADED, "a"), REFERENCE)
+    exclude = frozenset({"c"})
+    assert inv.r6(fleet, CATALOGUE, decision(Outcome.ROUTE_LOADED, "b"), DEFAULTS, exclude)
+
+
+def test_r9_and_answer() -> None:
+    chosen = Decision(
+        requested="m",
+        model="m",
+        outcome=Outcome.ROUTE_LOADED,
+        rule="2",
+        node="a",
+        exclude=frozenset({"a"}),
+    )
+    assert not inv.r9(chosen, frozenset({"a"}))
+    assert not inv.r9(decision(Outcome.ROUTE_LOADED, "b"), frozenset({"a"}))  # made without it
+    policy = DEFAULTS.with_values({"retry_after_unhealthy": 42})
+    told = Decision(
+        requested="m",
+        model="m",
+        outcome=Outcome.FEASIBLE_NODE_UNHEALTHY,
+        rule="5b",
+        retry_after=42,
+    )
+    assert inv.answer(told, policy)
+    assert not inv.answer(told, DEFAULTS)  # 42 is not the default 3
+    assert inv.answer(decision(Outcome.ROUTE_LOADED, "a"), DEFAULTS)
+
+
+def test_spec_decide_part_two() -> None:
+    down = FleetSnapshot(
+        nodes=(node("a", HEALTHY), node("b", UNHEALTHY, {"free": ModelStatus.LOADED}))
+    )
+    assert inv.spec_decide(down, CATALOGUE, "free", DEFAULTS).outcome is (
+        Outcome.FEASIBLE_NODE_UNHEALTHY
+    )
+    assert inv.spec_decide(down, CATALOGUE, "free", REFERENCE).outcome is Outcome.MODEL_NOT_FOUND
+    static = DEFAULTS.with_values({"lifecycle": "static"})
+    idle = FleetSnapshot(nodes=(node("a", HEALTHY, {"m": ModelStatus.UNLOADED}, discovery=BIG),))
+    assert inv.spec_decide(idle, CATALOGUE, "m", DEFAULTS).outcome is Outcome.ROUTE_UNLOADED
+    assert inv.spec_decide(idle, CATALOGUE, "m", static).outcome is Outcome.MODEL_NOT_FOUND
+    both = FleetSnapshot(
+        nodes=(
+            node("a", HEALTHY, {"m": ModelStatus.LOADED}),
+            node("b", HEALTHY, {"m": ModelStatus.LOADED}),
+        )
+    )
+    excluded = inv.spec_decide(both, CATALOGUE, "m", DEFAULTS, frozenset({"a"}))
+    assert (excluded.outcome, excluded.node) == (Outcome.ROUTE_LOADED, "b")
+    nothing = inv.spec_decide(both, CATALOGUE, "m", DEFAULTS, frozenset({"a", "b"}))
+    assert (nothing.outcome, nothing.retry_after) == (Outcome.NO_HEALTHY_NODES, 5)

@@ -39,7 +39,7 @@ from cortex_fsm.trace import (
     UnloadEvent,
 )
 from cortex_fsm.verify.invariants import (
-    PollHistory,
+    HealthHistory,
     check_decision,
     check_health,
     f1,
@@ -187,7 +187,7 @@ def check_replay(header: TraceHeader, events: list[Event], path: Path) -> int:
     threshold = header.policy.failure_threshold
     catalogue = header.catalogue
     reversed_catalogue = reordered_catalogue(catalogue)
-    history = {n.name: PollHistory() for n in header.neurons}
+    history = {n.name: HealthHistory() for n in header.neurons}
     expected: dict[str, dict[str, ModelStatus]] = {n.name: {} for n in header.neurons}
     checked = 0
     with TraceReader(path) as reader:
@@ -198,9 +198,10 @@ def check_replay(header: TraceHeader, events: list[Event], path: Path) -> int:
             if kind == "models":
                 report = _valid_report(fields["body"]) if fields["ok"] else None
                 history[node] = history[node].after(
-                    ok=report is not None,
+                    "poll_ok" if report is not None else "poll_failed",
                     routable_before=engine.state(node).routable,
                     threshold=threshold,
+                    passive=False,
                 )
                 if report is not None:
                     expected[node] = report

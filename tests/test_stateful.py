@@ -29,7 +29,7 @@ from cortex_fsm.fleet import ModelStatus
 from cortex_fsm.health import Phase
 from cortex_fsm.routing import decide
 from cortex_fsm.verify.invariants import (
-    PollHistory,
+    HealthHistory,
     check_decision,
     check_health,
     f1,
@@ -273,7 +273,7 @@ class EngineVersusNaive(RuleBasedStateMachine):
             Policy.reference().with_values({"failure_threshold": threshold}),
         )
         self.naive = {n: NaiveNode(n) for n in self.names}
-        self.history = {n: PollHistory() for n in self.names}
+        self.history = {n: HealthHistory() for n in self.names}
 
     @property
     def eng(self) -> Engine:
@@ -287,7 +287,10 @@ class EngineVersusNaive(RuleBasedStateMachine):
     def _poll(self, node: str, ok: bool) -> None:
         routable = self.eng.state(node).routable
         self.history[node] = self.history[node].after(
-            ok=ok, routable_before=routable, threshold=self.threshold
+            "poll_ok" if ok else "poll_failed",
+            routable_before=routable,
+            threshold=self.threshold,
+            passive=False,
         )
         n = self.naive[node]
         if ok:

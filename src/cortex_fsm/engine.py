@@ -200,6 +200,8 @@ class Engine:
         self._seq = 0  # the sequence number of the last routed request (§8 recency)
         #: attempts routed under a key and awaiting their outcome: key -> (node, model)
         self._open: dict[tuple[str, int], tuple[str, str]] = {}
+        #: keys of attempts whose node left the fleet: their outcome is forgotten too
+        self._stale: set[tuple[str, int]] = set()
         self._aliases_of: dict[str, list[str]] = {}
         self._index_aliases()
 
@@ -605,6 +607,9 @@ class Engine:
         opened = self._open.pop(key, None)
         if opened is not None:
             self.finish(*opened)
+        elif key in self._stale:  # its node left the fleet: nothing to learn (§12)
+            self._stale.discard(key)
+            return None
         if node is None or ok is None or node not in self._nodes:
             return None
         return self.observe_request(node, t, ok, reason)
@@ -650,6 +655,9 @@ class Engine:
             members.pop(name, None)
         if rec.routable:
             self._routable -= 1
+        for key in [k for k, v in self._open.items() if v[0] == name]:
+            del self._open[key]
+            self._stale.add(key)
         del self._nodes[name]
         self.neurons = tuple(n for n in self.neurons if n.name != name)
         self._cache.clear()

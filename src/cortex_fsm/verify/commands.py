@@ -2,7 +2,8 @@
 
 ``verify`` is what a CI job calls: exit status 0 when every invariant holds on
 every explored state, 1 on a violation (the shortest counterexample is printed
-and written as a replayable v1 trace), 2 on bad arguments.
+and written as a replayable v2 trace) or a coverage gap of the default bound,
+2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from typing import TextIO
 
 from ..trace import AtomicOutput, output_problem
 from .explorer import (
-    MAX_NODES,
+    DEFAULT_WORLDS,
+    EXCLUDE_REQUESTS,
     REQUESTS,
-    ExploreResult,
+    VerifyResult,
+    World,
     explore,
-    explorer_catalogue,
-    node_names,
     write_counterexample,
 )
 from .invariants import ALL_INVARIANTS, INVARIANTS
 
 __all__ = [
-    "DEFAULT_DEPTH",
     "add_export_arguments",
     "add_verify_arguments",
     "default_jobs",
@@ -35,11 +35,10 @@ __all__ = [
     "verify_main",
 ]
 
-#: The default bound: 3 nodes, threshold 3, every state within 6 observations.
-DEFAULT_NODES = 3
-DEFAULT_THRESHOLD = 3
-DEFAULT_DEPTH = 6
+MAX_NODES = 6
 MAX_THRESHOLD = 9
+#: The threshold whose health transitions the default bound must all reach.
+COVERAGE_THRESHOLD = 3
 
 
 def default_jobs() -> int:
@@ -64,48 +63,59 @@ def _bounded_int(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _depth(text: str) -> int | None:
-    if text.lower() in ("none", "unbounded", "inf"):
-        return None
-    return _bounded_int(0, 1000)(text)
+def _world(text: str) -> str:
+    names = [w.name for w in DEFAULT_WORLDS]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown world {text!r} (known: {', '.join(names)})")
+    return text
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Explore the engine's abstract state space breadth first (the real engine, "
-        "every observation of a small complete alphabet from every reachable state) "
-        "and check every invariant of docs/semantics.md on every state and decision. "
-        "Exit 0: all hold; 1: a violation (shortest counterexample printed and "
-        "written as a v1 trace that 'cortex-fsm replay' reproduces); 2: bad arguments."
+        "Explore the real engine breadth first, world by world (small fleets, each with "
+        "its policy, alphabet of observations and depth), and check every invariant of "
+        "docs/semantics.md on every state and decision, against what the observations say. "
+        "Exit 0: all hold and the default bound reached every routing-table row, health "
+        "transition and reject; 1: a violation (shortest counterexample printed and written "
+        "as a v2 trace that 'cortex-fsm replay' reproduces) or a coverage gap; 2: bad arguments."
+    )
+    parser.add_argument(
+        "--world",
+        action="append",
+        type=_world,
+        metavar="NAME",
+        help="explore only this world (repeatable; default: all of "
+        + ", ".join(w.name for w in DEFAULT_WORLDS)
+        + ")",
     )
     parser.add_argument(
         "--nodes",
         type=_bounded_int(1, MAX_NODES),
-        default=DEFAULT_NODES,
+        default=None,
         metavar="N",
-        help=f"number of nodes (1..{MAX_NODES}, default {DEFAULT_NODES})",
+        help=f"nodes in every world (1..{MAX_NODES}; default: each world's own)",
     )
     parser.add_argument(
         "--threshold",
         type=_bounded_int(1, MAX_THRESHOLD),
-        default=DEFAULT_THRESHOLD,
+        default=None,
         metavar="T",
-        help=f"failure_threshold (1..{MAX_THRESHOLD}, default {DEFAULT_THRESHOLD})",
+        help=f"failure_threshold in every world (1..{MAX_THRESHOLD}; default: each world's)",
     )
     parser.add_argument(
         "--depth",
-        type=_depth,
-        default=DEFAULT_DEPTH,
+        type=_bounded_int(0, 1000),
+        default=None,
         metavar="D",
-        help=f"explore states up to D observations from the start (default {DEFAULT_DEPTH}); "
-        "'none' explores until no new state appears",
+        help="explore states up to D observations from the start in every world "
+        "(default: each world's own)",
     )
     parser.add_argument(
         "--jobs",
         type=_bounded_int(1, 64),
         default=None,
         metavar="J",
-        help="worker processes (default: the usable CPUs, at most 2)",
+        help="worker processes, one world each at a time (default: the usable CPUs, at most 2)",
     )
     parser.add_argument(
         "--counterexample",
@@ -123,10 +133,11 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def _progress(stream: TextIO) -> Callable[[int, int, int, float], None]:
-    def report(level: int, states: int, transitions: int, seconds: float) -> None:
+def _progress(stream: TextIO) -> Callable[[str, int, int, int, float], None]:
+    def report(world: str, level: int, states: int, transitions: int, seconds: float) -> None:
         print(
-            f"  depth {level}: {states} states, {transitions} transitions, {seconds:.1f} s",
+            f"  {world}: depth {level}, {states} states, {transitions} transitions, "
+            f"{seconds:.1f} s",
             file=stream,
             flush=True,
         )
@@ -134,99 +145,124 @@ def _progress(stream: TextIO) -> Callable[[int, int, int, float], None]:
     return report
 
 
+def selected_worlds(args: argparse.Namespace) -> list[World]:
+    chosen = getattr(args, "world", None)
+    worlds = [w for w in DEFAULT_WORLDS if not chosen or w.name in chosen]
+    return [
+        w.with_bound(
+            nodes=getattr(args, "nodes", None),
+            threshold=getattr(args, "threshold", None),
+            depth=getattr(args, "depth", None),
+        )
+        for w in worlds
+    ]
+
+
+def is_default_bound(args: argparse.Namespace) -> bool:
+    return not any(getattr(args, k, None) for k in ("world", "nodes", "threshold")) and (
+        getattr(args, "depth", None) is None
+    )
+
+
 def verify_main(args: argparse.Namespace) -> int:
-    nodes = getattr(args, "nodes", DEFAULT_NODES)
-    threshold = getattr(args, "threshold", DEFAULT_THRESHOLD)
-    depth = getattr(args, "depth", DEFAULT_DEPTH)
     jobs = getattr(args, "jobs", None) or default_jobs()
     out = sys.stdout
-    try:
-        if not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
-            raise ValueError(f"--nodes must be between 1 and {MAX_NODES}")
-        if not isinstance(threshold, int) or not 1 <= threshold <= MAX_THRESHOLD:
-            raise ValueError(f"--threshold must be between 1 and {MAX_THRESHOLD}")
-        if depth is not None and (not isinstance(depth, int) or depth < 0):
-            raise ValueError("--depth must be a non-negative integer or 'none'")
-        problem = output_problem(args.counterexample)
-        if problem is not None:  # found now, not after a long search
-            raise ValueError(f"--counterexample: {problem}")
-    except ValueError as exc:
-        print(f"cortex-fsm verify: error: {exc}", file=sys.stderr)
+    problem = output_problem(args.counterexample)
+    if problem is not None:  # found now, not after a long search
+        print(f"cortex-fsm verify: error: --counterexample: {problem}", file=sys.stderr)
         return 2
-    print(_banner(nodes, threshold, depth, jobs), file=out, flush=True)
+    worlds = selected_worlds(args)
+    print(_banner(worlds, jobs), file=out, flush=True)
     result = explore(
-        nodes,
-        threshold,
-        depth,
+        worlds=worlds,
         jobs=jobs,
         stop_at_first=not getattr(args, "all", False),
         progress=None if getattr(args, "quiet", False) else _progress(sys.stderr),
     )
     if result.counterexample is not None:
-        result = write_counterexample(result, args.counterexample)
-    out.write(render_result(result))
+        result = write_counterexample(result, args.counterexample, worlds)
+    default = is_default_bound(args)
+    out.write(render_result(result, require_coverage=default))
     out.flush()
-    return 0 if result.ok else 1
+    if not result.ok:
+        return 1
+    return 1 if default and _gaps(result) else 0
 
 
-def _banner(nodes: int, threshold: int, depth: int | None, jobs: int) -> str:
-    names = node_names(nodes)
-    catalogue = explorer_catalogue(nodes)
-    pinned = sorted({n for p in catalogue.profiles.values() for n in p.pinned_on})
-    free = [n for n in names if n not in pinned]
-    bound = "no depth bound" if depth is None else f"depth bound {depth}"
+def _banner(worlds: list[World], jobs: int) -> str:
     lines = [
-        f"cortex-fsm verify: {nodes} node{'s' if nodes != 1 else ''}, "
-        f"failure_threshold {threshold}, {bound}, {jobs} job{'s' if jobs != 1 else ''}",
-        "  per node: /models reports nothing, big loaded, recovering or unloaded; a "
-        "malformed body; a failed poll; /health with no load or big busy; load and "
-        "unload of big; /discovery with 1 small or 2 big GPUs (while it has none)",
-        f"  requests on every state: {', '.join(REQUESTS)}; catalogue: big (2 GPUs >= 40 GB, "
-        f"alias tier/big), pin (1 GPU, pinned on {', '.join(pinned)})",
-        f"  symmetry: {', '.join(free)} interchangeable"
-        + (f"; {', '.join(pinned)} kept apart (pinned)" if pinned else ""),
+        f"cortex-fsm verify: {len(worlds)} world{'s' if len(worlds) != 1 else ''}, "
+        f"{jobs} job{'s' if jobs != 1 else ''}",
+        f"  requests on every state: {', '.join(REQUESTS)}; also with each node and with "
+        f"every node excluded: {', '.join(EXCLUDE_REQUESTS)}",
+        "  catalogue: big (2 GPUs >= 40000 MB; aliases tier/big, small), tier/chain -> "
+        "tier/big (an alias chain: one lookup only), pin (pinned on n1), small (shadowed "
+        "by its alias); free is known only from polls",
     ]
+    for w in worlds:
+        lines.append(
+            f"  {w.name:<16} {w.nodes} nodes, T={w.policy.failure_threshold}, depth {w.depth}, "
+            f"{w.policy.describe_changes()}: {w.about}"
+        )
     return "\n".join(lines)
 
 
-def render_result(result: ExploreResult) -> str:
-    if result.stopped_early:
-        depth = f"{result.depth} (stopped at the first violation)"
-    elif result.complete:
-        depth = f"{result.depth} (complete: every reachable abstract state explored"
-        depth += ", violating states not expanded)" if result.violated else ")"
-    else:
-        depth = f"{result.depth} (bound reached: deeper states not explored)"
-    lines = [
-        f"states       {result.states}",
-        f"transitions  {result.transitions}",
-        f"depth        {depth}",
-        f"time         {result.seconds:.1f} s ({result.states_per_second:.0f} states/s, "
-        f"{result.transitions / max(result.seconds, 1e-9):.0f} transitions/s)",
+def _gaps(result: VerifyResult) -> list[str]:
+    from ..routing import RULES
+
+    coverage = result.coverage
+    gaps = [
+        f"routing row {i} (rule {RULES[i].rule}, {RULES[i].outcome.value})"
+        for i in coverage.missing_rows()
+    ]
+    gaps += [
+        f"health transition {s} --{e}--> {a} (T={COVERAGE_THRESHOLD})"
+        for s, e, a in coverage.missing_transitions(COVERAGE_THRESHOLD)
+    ]
+    gaps += [f"reject {o}" for o in coverage.missing_answers()]
+    return gaps
+
+
+def render_result(result: VerifyResult, *, require_coverage: bool = False) -> str:
+    lines = [""]
+    for w in result.worlds:
+        if w.stopped_early:
+            reach = "stopped at the first violation"
+        elif w.complete:
+            reach = "complete"
+        else:
+            reach = "bound reached"
+        lines.append(
+            f"world {w.world:<16} {w.states:>7} states {w.transitions:>8} transitions  "
+            f"depth {w.depth} ({reach})  {w.seconds:.1f} s"
+        )
+    lines += [
+        f"total {result.states} states, {result.transitions} transitions, "
+        f"{result.seconds:.1f} s with {result.jobs} job{'s' if result.jobs != 1 else ''}",
         "",
     ]
     cx = result.counterexample
     failed = {v.invariant for v in cx.violations} if cx is not None else set()
-    failed |= set(result.violated)
+    for w in result.worlds:
+        failed |= set(w.violated)
+    stopped = any(w.stopped_early for w in result.worlds)
+    checked = result.checked
     for name in ALL_INVARIANTS:
         if name in failed:
             verdict = "FAIL"
-        elif result.stopped_early:
+        elif stopped:
             verdict = "----"  # not established: the exploration stopped early
         else:
             verdict = "PASS"
-        count = result.checked.get(name, 0)
-        where = (
-            f", first broken at depth {result.violated[name]}" if name in result.violated else ""
-        )
-        lines.append(f"{verdict}  {name:<4}  {INVARIANTS[name]}  ({count} checks{where})")
+        lines.append(f"{verdict}  {name:<6}  {INVARIANTS[name]}  ({checked.get(name, 0)} checks)")
+    lines += ["", *_coverage_lines(result, require_coverage)]
     if cx is None:
         lines += ["", "all invariants hold on every explored state"]
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        f"counterexample ({len(cx.moves)} observation{'s' if len(cx.moves) != 1 else ''}, "
-        "a shortest one):",
+        f"counterexample in world {cx.world} ({len(cx.moves)} "
+        f"observation{'s' if len(cx.moves) != 1 else ''}, a shortest one):",
     ]
     if not cx.moves:
         lines.append("  (the initial state)")
@@ -247,12 +283,35 @@ def render_result(result: ExploreResult) -> str:
         lines.append(f"  {v.invariant}  {INVARIANTS[v.invariant]}: {v.detail}")
     if cx.trace is not None:
         again = (
-            "its replay gives the decisions above"
+            "its replay gives the decision above"
             if cx.replayed
             else "WARNING: its replay does not give the decisions above"
         )
         lines.append(f"written to {cx.trace} ({again}): cortex-fsm replay {cx.trace} [--summary]")
     return "\n".join(lines) + "\n"
+
+
+def _coverage_lines(result: VerifyResult, required: bool) -> list[str]:
+    from ..routing import RULES
+
+    coverage = result.coverage
+    rows = len(coverage.rows & set(range(len(RULES))))
+    transitions = len(coverage.transitions)
+    rejects = sorted({o for o, _r in coverage.answers})
+    lines = [
+        f"coverage: {rows} of {len(RULES)} routing-table rows; "
+        f"{transitions} health transitions; rejects told: {', '.join(rejects) or 'none'}",
+    ]
+    gaps = _gaps(result)
+    if gaps:
+        head = "NOT REACHED (the default bound must reach them)" if required else "not reached"
+        lines.append(f"{head}: " + "; ".join(gaps))
+    else:
+        lines.append(
+            f"every routing-table row, every health transition (T={COVERAGE_THRESHOLD}) and "
+            "every reject was reached"
+        )
+    return lines
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -275,9 +334,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=_bounded_int(1, MAX_THRESHOLD),
-        default=DEFAULT_THRESHOLD,
+        default=COVERAGE_THRESHOLD,
         metavar="T",
-        help=f"failure_threshold (default {DEFAULT_THRESHOLD})",
+        help=f"failure_threshold (default {COVERAGE_THRESHOLD})",
     )
     parser.add_argument(
         "-o",

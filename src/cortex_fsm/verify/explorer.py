@@ -1,151 +1,130 @@
-"""The model checker: breadth-first exploration of the real engine's state space.
+"""The model checker: breadth-first exploration of the real engine, world by world.
 
 Theory of operation
 -------------------
 The explorer drives the real :class:`~cortex_fsm.engine.Engine` -- every
 observation goes through :func:`cortex_fsm.replay.apply_record`, the same
-mapping trace replay and the gateway use -- over a small but complete
-*alphabet* of observations, from every reachable state, breadth first.
+mapping trace replay and the gateway use -- over a finite *alphabet* of
+observations, from every reachable state, breadth first, and checks every
+invariant of docs/semantics.md on every state it keeps.
 
-An **abstract state** is, per node: its health state, its discovery variant,
-its model map (status per model id), its load readings, and two monitors the
-invariants need -- the node's :class:`~cortex_fsm.verify.invariants.PollHistory`
-and the model map the observations *say* it should have (F1). Two engines
-with the same abstract state are the same state; the first one reached (so,
-on a shortest path) is kept and expanded.
+**Judged against the observations.** Beside the engine runs a
+:class:`~cortex_fsm.verify.monitor.Monitor`, fed the same records, which
+keeps what the specification says the engine must know (health and its
+history, discovery cache, model map, load readings, local in-flight counts
+and recency, fleet membership) -- computed from the text, not from the code.
+The routing invariants (R1-R4, R6, R7, R9, SPEC, ANSWER) judge the engine's
+decision against the monitor's fleet; the per-node invariants compare the
+engine's state with the monitor's (H1-H6, HSPEC, F1, D1, L1, L2); R5 asks
+``routing.decide`` again on the engine's own snapshot, in other orders.
 
-**Symmetry.** Nodes are interchangeable except for their names, and names
-only matter through (a) ``pinned_on`` lists and (b) the tie-breaks by name.
-States are canonicalised under permutations of the nodes that no profile
-pins (a pinned node keeps its identity): the key is the *sorted* tuple of
-per-node records. To keep that reduction sound for (b), every routing
-invariant is checked not only on the kept representative but on every
-renaming of its fleet snapshot in the orbit, so a decision that is right for
-one assignment of names and wrong for another is still caught.
+**Nothing that can change a future decision is pruned.** Two states are one
+when their keys are equal, and the key holds *everything* the engine keeps
+that a later decision could depend on: every field of every node record (the
+discovery cache, model map, load readings, local counts, the memo of the last
+``/models`` and ``/health`` body, recency as an order), the indexes, the open
+attempts and the decision cache *after* every request of the world was asked
+on the state (so a stale cached decision is part of the key, never merged
+away). Only statistics counters, times and the absolute recency numbers are
+left out; a field the key does not know is included by its ``repr``, so a
+new field can only make the key finer, never coarser.
 
-**Checks on every state.** For each node: H1-H4 (against its poll history)
-and F1 (its model map). For each request name (a catalogued model, its
-alias, a pinned model, an unknown model): the engine's decision (through its
-indexes and its decision cache, filled on every earlier state of the path),
-``routing.decide`` on the engine's frozen snapshot, and on the same fleet
-with nodes and maps in other orders and the catalogue's maps reversed must
-all be equal (R5); the decision must satisfy R1-R4, R6, R7 and SPEC on the
-snapshot and on each renaming of it.
+**Worlds.** The default bound is a list of :class:`World`\\s: small fleets,
+each with a catalogue (aliases -- a chain and a shadowing one --, a pinned
+model, a model that needs two GPUs of 40 GB), a policy, an alphabet and a
+depth. Together they reach every row of the routing table, every transition
+of the health machine and every reject clients can be told (the coverage
+report says so, and ``verify`` fails if the default bound leaves one out).
+Values are chosen at and around every threshold -- VRAM exactly at the
+floor, one MB below, above; device counts at, below and above the minimum;
+load readings distinct, equal, missing and invalid -- because routing only
+*compares* values: any other value behaves like one of these (the
+data-independence argument in docs/verification.md).
 
 **Counterexamples.** Breadth-first order makes the first violation found a
-shortest one. It is rebuilt from scratch (a fresh engine fed the path's
-events, with every request asked after every event, as the explorer did),
-re-checked, and written as a v1 trace whose replay shows the bad decision
-(``cortex-fsm replay``; ``--summary`` for the health states).
-
-**Levels and workers.** The search goes level by level. A frontier state is
-kept as its path (its moves from the start) and rebuilt before it is
-expanded; each move is then applied to a copy of that engine
-(:func:`clone_engine`). With ``jobs > 1`` the frontier is split into
-contiguous chunks expanded by forked worker processes, whose results are
-merged in frontier order, so states, parents and the counterexample are the
-same whatever the number of workers.
-
-The exploration is bounded by the node count, the threshold and optionally a
-depth; when the frontier empties before the depth bound, the whole abstract
-state space has been explored.
+shortest one in its world. It is rebuilt from scratch, re-checked, and
+written as a v2 trace whose replay (``cortex-fsm replay``) shows the bad
+decision; whether the replay reproduces it is checked and reported.
 """
 
 from __future__ import annotations
 
-import enum
-import itertools
 import math
+import multiprocessing
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from .. import engine as _engine_module
 from ..catalogue import Catalogue, Profile
 from ..engine import Engine
-from ..fleet import Discovery, FleetSnapshot, ModelStatus, Neuron, NodeSnapshot
+from ..errors import Outcome
+from ..fleet import Discovery, FleetSnapshot, ModelStatus, Neuron
+from ..health import Event, HealthState, HealthTable, all_states
 from ..policy import Policy
 from ..replay import apply_record
-from ..routing import Decision, decide
+from ..routing import RULES, Cond, Decision, decide, matching_rules
 from ..trace import (
     DiscoveryEvent,
-    Event,
     HealthEvent,
     LoadEvent,
     ModelsEvent,
+    NeuronAddedEvent,
+    NeuronRemovedEvent,
+    OutcomeEvent,
     RequestEvent,
     TraceHeader,
     TraceWriter,
     UnloadEvent,
 )
-from ..wire import parse_discovery
+from ..trace import Event as TraceEvent
+from .clone import clone_engine, containers, frozen_containers
 from .invariants import (
     ALL_INVARIANTS,
-    PollHistory,
     check_decision,
     check_health,
+    d1,
     f1,
-    r5,
+    l1,
+    l2,
     reordered_catalogue,
     reordered_views,
+    spec_feasible,
+    spec_model,
 )
+from .monitor import Monitor, NodeMonitor
 
 __all__ = [
-    "MAX_NODES",
+    "DEFAULT_WORLDS",
     "Counterexample",
+    "Coverage",
     "ExploreResult",
     "Move",
-    "REQUESTS",
+    "VerifyResult",
     "Violation",
-    "alphabet",
+    "World",
     "clone_engine",
     "explore",
-    "explorer_catalogue",
-    "node_names",
-    "replay_path",
+    "explore_world",
+    "spec_conditions",
+    "verify",
+    "write_counterexample",
 ]
-
-MAX_NODES = 6
-#: The policy whose routing the explorer checks (Part I: every Part II key at
-#: its reference value; the threshold is the explorer's own).
-REFERENCE = Policy.reference()
-
-#: The model id the polls report, its alias, a pinned model, an unknown id.
-MODEL = "big"
-ALIAS = "tier/big"
-PINNED = "pin"
-UNKNOWN = "nope"
-REQUESTS: tuple[str, ...] = (MODEL, ALIAS, PINNED, UNKNOWN)
-
-
-def node_names(nodes: int) -> tuple[str, ...]:
-    return tuple(f"n{i}" for i in range(nodes))
-
-
-def explorer_catalogue(nodes: int) -> Catalogue:
-    """``big`` needs two GPUs of >= 40 GB; ``pin`` one GPU, only on ``n1`` (``n0`` alone)."""
-    pinned_on = "n1" if nodes >= 2 else "n0"
-    return Catalogue(
-        profiles={
-            MODEL: Profile(
-                id=MODEL, harness="candle", min_devices=2, min_device_vram_mb=40000, source="hf"
-            ),
-            PINNED: Profile(id=PINNED, harness="llama", quant="q4", pinned_on=(pinned_on,)),
-        },
-        aliases={ALIAS: MODEL},
-    )
-
 
 # --- the alphabet ------------------------------------------------------------------------------
 
+BIG = "big"  # needs 2 GPUs of >= 40000 MB, source "hf"
+PIN = "pin"  # 1 GPU, pinned on n1
+SMALL = "small"  # 1 GPU; also the name of an alias (shadowed)
+FREE = "free"  # uncatalogued, reported by polls
+VRAM = 40000
 
-def _discovery_body(name: str, *vram: int) -> dict[str, object]:
+
+def _disc(*vram: int, complete: bool = True) -> dict[str, object]:
     return {
-        "hostname": name,
+        "hostname": "node",
         "os": "Linux",
         "kernel": "6.8",
         "devices": [
@@ -153,319 +132,340 @@ def _discovery_body(name: str, *vram: int) -> dict[str, object]:
             for i, v in enumerate(vram)
         ],
         "harnesses": ["candle", "llama"],
-        "max_prompt_tokens": 32768,
+        "max_prompt_tokens": 32768 if complete else 0,
     }
 
 
-_DISCOVERIES: Mapping[str, dict[str, object]] = {
-    "small": _discovery_body("node", 24000),
-    "big": _discovery_body("node", 81920, 81920),
+#: /discovery answers: at the threshold, one MB below, one device short, one of
+#: two big enough, above; an incomplete one (fetched again, replaceable); a body
+#: that fails validation; a failed fetch (None).
+DISCOVERIES: Mapping[str, object] = {
+    "at": _disc(VRAM, VRAM),
+    "below": _disc(VRAM - 1, VRAM - 1),
+    "one": _disc(VRAM),
+    "mixed": _disc(VRAM, VRAM - 1),
+    "above": _disc(VRAM + 1, VRAM + 1, VRAM + 1),
+    "partial": _disc(VRAM, VRAM, complete=False),
+    "partial-one": _disc(VRAM, complete=False),
+    "invalid": {"devices": [{"index": 0}]},
+    "failed": None,
 }
 
 
-def _model_entry(status: str) -> dict[str, object]:
-    return {"id": MODEL, "harness": "candle", "status": status, "devices": [0]}
+def _entry(model: str, status: str) -> dict[str, object]:
+    return {"id": model, "harness": "candle", "status": status, "devices": [0]}
 
 
-#: poll variant -> (body or None for a failed fetch, is it a valid poll)
-_POLLS: Mapping[str, tuple[object, bool]] = {
-    "none": ([], True),
-    "loaded": ([_model_entry("loaded")], True),
-    "recovering": ([_model_entry("recovering")], True),
-    "unloaded": ([_model_entry("unloaded")], True),
-    "malformed": ([{"id": MODEL, "harness": "candle"}], False),  # no status: a failed poll
-    "failed": (None, False),
+#: /models answers (None: a failed fetch).
+POLLS: Mapping[str, object] = {
+    "none": [],
+    "loaded": [_entry(BIG, "loaded")],
+    "reloading": [_entry(BIG, "reloading")],
+    "recovering": [_entry(BIG, "recovering")],
+    "unloaded": [_entry(BIG, "unloaded")],
+    "loading": [_entry(BIG, "loading")],
+    "paused": [_entry(BIG, "paused")],  # an unknown status string reads as loaded
+    "free": [_entry(FREE, "loaded")],
+    "both": [_entry(BIG, "loaded"), _entry(FREE, "loaded")],
+    "twice": [_entry(BIG, "unloaded"), _entry(BIG, "recovering")],  # the later wins
+    "pin": [_entry(PIN, "unloaded")],
+    "malformed": [{"id": BIG, "harness": "candle"}],  # no status: a failed poll
+    "failed": None,
 }
-_REPORTS: Mapping[str, tuple[tuple[str, ModelStatus], ...]] = {
-    "none": (),
-    "loaded": ((MODEL, ModelStatus.LOADED),),
-    "recovering": ((MODEL, ModelStatus.RECOVERING),),
-    "unloaded": ((MODEL, ModelStatus.UNLOADED),),
-}
-_HEALTH: Mapping[str, dict[str, object]] = {
-    "idle": {"uptime_secs": 60, "devices": [], "models": []},
-    "busy": {
+
+
+def _load(in_flight: int, queue: int) -> dict[str, object]:
+    return {
         "uptime_secs": 60,
         "devices": [],
-        "models": [{"id": MODEL, "in_flight": 1, "queue_depth": 0}],
-    },
+        "models": [{"id": BIG, "in_flight": in_flight, "queue_depth": queue}],
+    }
+
+
+#: /health answers (None: a failed fetch).
+HEALTHS: Mapping[str, object] = {
+    "none": {"uptime_secs": 60, "devices": []},
+    "zero": _load(0, 0),
+    "one": _load(1, 0),
+    "two": _load(0, 2),
+    "invalid": {"uptime_secs": 60, "models": [{"id": BIG, "in_flight": -1, "queue_depth": 0}]},
+    "failed": None,
 }
 
 
 @attrs.frozen(slots=True)
 class Move:
-    """One observation of the alphabet: ``kind`` on ``node`` in ``variant``."""
+    """One observation: ``kind`` on ``node`` (None: the fleet) in ``variant``.
 
-    kind: str  # discovery | models | health | load | unload
-    node: str
+    Kinds: ``discovery``, ``models``, ``health`` (answers of those names);
+    ``load``/``unload`` of ``big`` (``ok``/``fail``); ``route`` a request for
+    ``variant`` (its attempt stays open); ``close`` the oldest open attempt on
+    ``node`` (``ok``, ``failed`` or ``neutral``); ``attempt`` a request for
+    ``big`` with every other node excluded that ``node`` serves, then its
+    outcome (``ok``/``failed``; enabled only when the engine routes it to
+    ``node``); ``remove`` / ``add`` the node.
+    """
+
+    kind: str
+    node: str | None
     variant: str
 
-    def event(self, t: float) -> Event:
-        """The trace event for this move at time ``t``."""
-        kind, node, variant = self.kind, self.node, self.variant
-        if kind == "discovery":
-            return DiscoveryEvent(t=t, node=node, ok=True, body=_DISCOVERIES[variant])
-        if kind == "models":
-            body, _valid = _POLLS[variant]
-            if body is None:
-                return ModelsEvent(t=t, node=node, ok=False, error="timeout")
-            return ModelsEvent(t=t, node=node, ok=True, body=body)
-        if kind == "health":
-            return HealthEvent(t=t, node=node, ok=True, body=_HEALTH[variant])
-        if kind == "load":
-            return LoadEvent(t=t, node=node, model=variant, ok=True)
-        return UnloadEvent(t=t, node=node, model=variant, ok=True)
-
-    def record(self, t: float) -> dict[str, Any]:
-        """The validated trace record (``TraceReader.records`` form) for this move."""
-        kind = self.kind
-        fields: dict[str, Any] = {"kind": kind, "t": t, "node": self.node}
-        if kind == "discovery":
-            fields.update(ok=True, body=_DISCOVERIES[self.variant])
-        elif kind == "models":
-            body, _valid = _POLLS[self.variant]
-            if body is None:
-                fields.update(ok=False, error="timeout")
-            else:
-                fields.update(ok=True, body=body)
-        elif kind == "health":
-            fields.update(ok=True, body=_HEALTH[self.variant])
-        else:
-            fields.update(model=self.variant, ok=True)
-        return fields
-
     def describe(self) -> str:
-        if self.kind == "models":
-            body, valid = _POLLS[self.variant]
-            if body is None:
-                return f"{self.node}: /models fails (timeout)"
-            if not valid:
-                return f"{self.node}: /models answers a malformed body (a failed poll)"
-            shown = ", ".join(f"{m} {s.value}" for m, s in _REPORTS[self.variant]) or "nothing"
-            return f"{self.node}: /models reports {shown}"
+        n, v = self.node, self.variant
         if self.kind == "discovery":
-            gpus = {"small": "1 GPU of 24 GB", "big": "2 GPUs of 80 GB"}[self.variant]
-            return f"{self.node}: /discovery reports {gpus}"
+            if v == "failed":
+                return f"{n}: /discovery fails"
+            return f"{n}: /discovery answers {v} ({_describe_discovery(DISCOVERIES[v])})"
+        if self.kind == "models":
+            if v == "failed":
+                return f"{n}: /models fails (timeout)"
+            return f"{n}: /models answers {POLLS[v]!r}"
         if self.kind == "health":
-            load = "big in_flight 1" if self.variant == "busy" else "no load"
-            return f"{self.node}: /health reports {load}"
-        return f"{self.node}: {self.kind} {self.variant} succeeds"
-
-    def renamed(self, mapping: Mapping[str, str]) -> Move:
-        return Move(self.kind, mapping.get(self.node, self.node), self.variant)
-
-
-def alphabet(names: Sequence[str]) -> dict[str, tuple[Move, ...]]:
-    """Per node, every move of the alphabet (discovery moves apply only while a
-    node has none: a complete discovery is never replaced, docs/semantics.md §1)."""
-    out = {}
-    for name in names:
-        moves = [Move("models", name, v) for v in _POLLS]
-        moves += [Move("health", name, v) for v in _HEALTH]
-        moves += [Move("load", name, MODEL), Move("unload", name, MODEL)]
-        moves += [Move("discovery", name, v) for v in _DISCOVERIES]
-        out[name] = tuple(moves)
-    return out
+            if v == "failed":
+                return f"{n}: /health fails"
+            return f"{n}: /health answers {HEALTHS[v]!r}"
+        if self.kind in ("load", "unload"):
+            return f"{n}: {self.kind} of {BIG} {'succeeds' if v == 'ok' else 'fails'}"
+        if self.kind == "route":
+            return f"a request for {v!r} is routed (its answer still pending)"
+        if self.kind == "close":
+            return f"{n}: the oldest pending request ends ({v})"
+        if self.kind == "attempt":
+            return f"{n}: a request for {BIG!r} (others excluded) is served, {v}"
+        if self.kind == "report":
+            return f"{n}: an outcome names it for a request it was not routed ({v})"
+        return f"{n}: {'leaves' if self.kind == 'remove' else 'joins'} the fleet"
 
 
-def _after(
-    move: Move,
-    history: PollHistory,
-    expected: tuple[tuple[str, ModelStatus], ...],
-    *,
-    routable: bool,
-    threshold: int,
-) -> tuple[PollHistory, tuple[tuple[str, ModelStatus], ...]]:
-    """The monitors after ``move`` (from what the observation *is*, per the spec)."""
-    if move.kind == "models":
-        _body, valid = _POLLS[move.variant]
-        history = history.after(ok=valid, routable_before=routable, threshold=threshold)
-        if valid:
-            expected = _REPORTS[move.variant]
-    elif move.kind == "load":
-        status = dict(expected)
-        status[move.variant] = ModelStatus.LOADED
-        expected = tuple(sorted(status.items()))
-    elif move.kind == "unload":
-        status = dict(expected)
-        if move.variant in status:
-            status[move.variant] = ModelStatus.UNLOADED
-            expected = tuple(sorted(status.items()))
-    return history, expected
+def _describe_discovery(body: object) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("devices"), list):
+        return "malformed"
+    vram = [d.get("vram_total_mb") for d in body["devices"] if isinstance(d, dict)]
+    done = "complete" if body.get("max_prompt_tokens") else "incomplete"
+    return f"{len(vram)} GPU(s) {vram}, {done}"
 
 
-# --- cloning the real engine ----------------------------------------------------------------
-#
-# The explorer expands every state by every move, so it copies an engine once per
-# transition. ``copy.deepcopy`` costs ~125 us for three nodes; this copier knows
-# the core's convention (mutable state is dicts, lists, sets and the engine
-# module's own records; everything else is a frozen value) and costs a fraction.
-
-_SHARE, _DICT, _LIST, _SET, _COUNTER, _OTHER_DICT, _RECORD = range(7)
-_KINDS: dict[type, int] = {
-    str: _SHARE,
-    int: _SHARE,
-    float: _SHARE,
-    bool: _SHARE,
-    type(None): _SHARE,
-    tuple: _SHARE,
-    frozenset: _SHARE,
-    dict: _DICT,
-    list: _LIST,
-    set: _SET,
-    Counter: _COUNTER,
-}
-_ENGINE_MODULE = _engine_module.__name__
+# --- worlds -----------------------------------------------------------------------------------
 
 
-def _kind(cls: type) -> int:
-    kind = _KINDS.get(cls)
-    if kind is None:
-        if issubclass(cls, dict):
-            kind = _OTHER_DICT
-        elif cls.__module__ == _ENGINE_MODULE:
-            kind = _RECORD  # the engine's own mutable records
-        else:
-            # Everything else the engine holds is a frozen value (the core's
-            # convention): health states, discoveries, decisions, the catalogue...
-            kind = _SHARE
-        _KINDS[cls] = kind
-    return kind
+def world_catalogue(names: Sequence[str]) -> Catalogue:
+    """``big`` (2 GPUs >= 40000 MB), ``pin`` (pinned on the second node), ``small``;
+    aliases: ``tier/big`` -> big, ``tier/chain`` -> tier/big (never followed twice),
+    ``small`` -> big (an alias that shadows a catalogued model)."""
+    pinned = names[1] if len(names) > 1 else names[0]
+    return Catalogue(
+        profiles={
+            BIG: Profile(
+                id=BIG, harness="candle", min_devices=2, min_device_vram_mb=VRAM, source="hf"
+            ),
+            PIN: Profile(id=PIN, harness="llama", quant="q4", pinned_on=(pinned,)),
+            SMALL: Profile(id=SMALL, harness="llama"),
+        },
+        aliases={"tier/big": BIG, "tier/chain": "tier/big", SMALL: BIG},
+    )
 
 
-def _fields(cls: type) -> tuple[str, ...]:
-    names: list[str] = []
-    for klass in cls.__mro__:
-        names.extend(s for s in getattr(klass, "__slots__", ()) if s not in ("__dict__",))
-    return tuple(names)
+#: Asked on every state of every world.
+REQUESTS: tuple[str, ...] = (BIG, "tier/big", "tier/chain", SMALL, PIN, FREE, "nope")
+#: Also asked with each single node excluded, and with every node excluded.
+EXCLUDE_REQUESTS: tuple[str, ...] = (BIG, FREE)
 
 
-_SLOTS: dict[type, tuple[str, ...]] = {}
+@attrs.frozen(slots=True, kw_only=True)
+class World:
+    """One small fleet, its policy, alphabet and depth."""
+
+    name: str
+    about: str
+    nodes: int
+    policy: Policy
+    depth: int
+    node_moves: tuple[tuple[str, str], ...]
+    fleet_moves: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"n{i}" for i in range(self.nodes))
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return world_catalogue(self.names)
+
+    def moves(self) -> tuple[Move, ...]:
+        out = [Move(k, n, v) for n in self.names for k, v in self.node_moves]
+        out += [Move(k, None, v) for k, v in self.fleet_moves]
+        return tuple(out)
+
+    def with_bound(
+        self, *, nodes: int | None = None, threshold: int | None = None, depth: int | None = None
+    ) -> World:
+        policy = self.policy
+        if threshold is not None:
+            policy = policy.with_values({"failure_threshold": threshold})
+        return attrs.evolve(
+            self,
+            nodes=self.nodes if nodes is None else nodes,
+            policy=policy,
+            depth=self.depth if depth is None else depth,
+        )
 
 
-def _copy(obj: Any, memo: dict[int, Any]) -> Any:
-    got = memo.get(id(obj))
-    if got is not None:
-        return got
-    cls = type(obj)
-    kind = _KINDS.get(cls)
-    if kind is None:
-        kind = _kind(cls)
-    if kind == _SHARE:
-        return obj
-    new: Any
-    if kind in (_DICT, _COUNTER):
-        new = {} if kind == _DICT else Counter()
-        memo[id(obj)] = new
-        kinds = _KINDS
-        for k, v in obj.items():
-            new[k] = v if kinds.get(type(v)) == _SHARE else _copy(v, memo)
-        return new
-    if kind == _LIST:
-        new = []
-        memo[id(obj)] = new
-        new.extend([_copy(v, memo) for v in obj])
-        return new
-    if kind == _SET:
-        new = set(obj)
-        memo[id(obj)] = new
-        return new
-    if kind == _OTHER_DICT:
-        import copy
-
-        new = copy.copy(obj)
-        memo[id(obj)] = new
-        for k, v in new.items():
-            new[k] = _copy(v, memo)
-        return new
-    new = object.__new__(cls)
-    memo[id(obj)] = new
-    slots = _SLOTS.get(cls)
-    if slots is None:
-        slots = _SLOTS[cls] = _fields(cls)
-    kinds = _KINDS
-    for slot in slots:
-        try:
-            v = getattr(obj, slot)
-        except AttributeError:
-            continue
-        setattr(new, slot, v if kinds.get(type(v)) == _SHARE else _copy(v, memo))
-    if hasattr(obj, "__dict__"):
-        target = new.__dict__
-        for k, v in obj.__dict__.items():
-            target[k] = v if kinds.get(type(v)) == _SHARE else _copy(v, memo)
-    return new
+_DEFAULT = Policy()
+_REFERENCE = Policy.reference()
 
 
-def clone_engine(engine: Engine, shared: Mapping[int, Any] | None = None) -> Engine:
-    """An independent copy of ``engine``: every dict, list, set and record of the
-    engine module is copied (with sharing preserved), frozen values are shared.
-
-    ``shared`` maps ids of objects known never to be mutated (input bodies, the
-    health table's dicts) to themselves, so they are not copied.
-    """
-    memo: dict[int, Any] = dict(shared) if shared else {}
-    copied: Engine = _copy(engine, memo)
-    return copied
+def _polls(*variants: str) -> tuple[tuple[str, str], ...]:
+    return tuple(("models", v) for v in variants)
 
 
-def _frozen_containers(engine: Engine) -> dict[int, Any]:
-    """Containers inside the engine's frozen values (e.g. the health table's
-    lookup dicts, which the engine may also reference directly): shared, not copied."""
-    out: dict[int, Any] = {}
-    seen: set[int] = set()
+#: The default bound: together these reach every row, transition and answer.
+DEFAULT_WORLDS: tuple[World, ...] = (
+    World(
+        name="health",
+        about="health: polls and request outcomes of every kind, threshold 3",
+        nodes=2,
+        policy=_DEFAULT,
+        depth=7,
+        node_moves=(
+            *_polls("loaded", "failed", "malformed"),
+            ("attempt", "ok"),
+            ("attempt", "failed"),
+            ("report", "ok"),
+            ("report", "failed"),
+        ),
+    ),
+    World(
+        name="static",
+        about="static lifecycle and known-down models",
+        nodes=2,
+        policy=_DEFAULT.with_values({"lifecycle": "static", "failure_threshold": 1}),
+        depth=5,
+        node_moves=(
+            *_polls("none", "loaded", "unloaded", "recovering", "free", "failed"),
+            ("discovery", "at"),
+            ("attempt", "failed"),
+        ),
+    ),
+    World(
+        name="static-reference",
+        about="static lifecycle with known_down = reference",
+        nodes=2,
+        policy=_DEFAULT.with_values(
+            {"lifecycle": "static", "known_down": "reference", "failure_threshold": 1}
+        ),
+        depth=4,
+        node_moves=(
+            *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
+            ("discovery", "at"),
+        ),
+    ),
+    World(
+        name="fleet",
+        about="a fleet that changes: nodes leave and join with requests in flight",
+        nodes=2,
+        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        depth=5,
+        node_moves=(
+            *_polls("loaded", "free", "failed"),
+            ("discovery", "at"),
+            ("close", "ok"),
+            ("remove", ""),
+            ("add", ""),
+        ),
+        fleet_moves=(("route", BIG), ("route", FREE)),
+    ),
+    World(
+        name="models",
+        about="model map: every status, repeats, loads and unloads and their failures",
+        nodes=2,
+        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        depth=4,
+        node_moves=(
+            *_polls(*POLLS),
+            ("discovery", "at"),
+            ("load", "ok"),
+            ("load", "fail"),
+            ("unload", "ok"),
+            ("unload", "fail"),
+        ),
+    ),
+    World(
+        name="topology",
+        about="topology: discoveries at, below and above every threshold; refetch",
+        nodes=3,
+        policy=_DEFAULT.with_values({"failure_threshold": 1}),
+        depth=4,
+        node_moves=(
+            *(("discovery", v) for v in DISCOVERIES),
+            *_polls("none", "failed"),
+        ),
+    ),
+    World(
+        name="load",
+        about="load: readings distinct, equal, missing, invalid; in-flight and recency",
+        nodes=3,
+        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        depth=5,
+        node_moves=(
+            *_polls("loaded", "failed"),
+            *(("health", v) for v in HEALTHS),
+            ("close", "ok"),
+            ("close", "neutral"),
+        ),
+        fleet_moves=(("route", BIG), ("route", "tier/big")),
+    ),
+    World(
+        name="reference",
+        about="Part I: every Part II key at its reference value",
+        nodes=3,
+        policy=_REFERENCE.with_values({"failure_threshold": 2}),
+        depth=4,
+        node_moves=(
+            *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
+            ("health", "one"),
+            ("discovery", "at"),
+            ("discovery", "one"),
+        ),
+    ),
+)
 
-    def walk(obj: Any, inside_frozen: bool) -> None:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        kind = _kind(type(obj))
-        if kind in (_DICT, _COUNTER, _OTHER_DICT):
-            if inside_frozen:
-                out[id(obj)] = obj
-            for k, v in obj.items():
-                walk(k, inside_frozen)
-                walk(v, inside_frozen)
-        elif kind in (_LIST, _SET):
-            if inside_frozen:
-                out[id(obj)] = obj
-            for v in obj:
-                walk(v, inside_frozen)
-        elif kind == _RECORD or (
-            kind == _SHARE
-            and type(obj).__module__.startswith(_PACKAGE)
-            and not isinstance(obj, enum.Enum)
-        ):
-            frozen = inside_frozen or kind == _SHARE
-            for slot in _fields(type(obj)):
-                if hasattr(obj, slot):
-                    walk(getattr(obj, slot), frozen)
-            for v in getattr(obj, "__dict__", {}).values():
-                walk(v, frozen)
 
-    walk(engine, False)
-    return out
+# --- spec-level table coverage ----------------------------------------------------------------
 
 
-_PACKAGE = _ENGINE_MODULE.partition(".")[0] + "."
+def spec_conditions(
+    fleet: FleetSnapshot,
+    catalogue: Catalogue,
+    requested: str,
+    policy: Policy,
+    exclude: frozenset[str],
+) -> dict[Cond, bool]:
+    """The decision table's conditions, evaluated from their definitions on
+    ``fleet`` (the monitor's): which row applies, for the coverage report."""
+    model = spec_model(catalogue, requested)
+    live = [n for n in fleet.nodes if n.routable and n.name not in exclude]
+    down = [n for n in fleet.nodes if not (n.routable and n.name not in exclude)]
 
+    def status(node: Any) -> ModelStatus | None:
+        entry = node.models.get(model)
+        return None if entry is None else entry.status
 
-def _containers(obj: object, out: dict[int, Any]) -> None:
-    if isinstance(obj, dict):
-        out[id(obj)] = obj
-        for v in obj.values():
-            _containers(v, out)
-    elif isinstance(obj, list):
-        out[id(obj)] = obj
-        for v in obj:
-            _containers(v, out)
-
-
-def _shared_bodies() -> dict[int, Any]:
-    shared: dict[int, Any] = {}
-    for body in [*_DISCOVERIES.values(), *(b for b, _ in _POLLS.values()), *_HEALTH.values()]:
-        _containers(body, shared)
-    return shared
+    serving = (ModelStatus.LOADED, ModelStatus.RELOADING)
+    profile = catalogue.profiles.get(model)
+    return {
+        Cond.ANY_ROUTABLE: bool(live),
+        Cond.LOADED: any(status(n) in serving for n in live),
+        Cond.RECOVERING: any(status(n) is ModelStatus.RECOVERING for n in live),
+        Cond.UNLOADED: any(status(n) is ModelStatus.UNLOADED for n in live),
+        Cond.STATIC: policy.lifecycle == "static",
+        Cond.DOWN_SERVING: any(status(n) in serving for n in down),
+        Cond.KNOWN_DOWN: policy.known_down == "retry" and any(model in n.models for n in down),
+        Cond.CATALOGUED: profile is not None,
+        Cond.FEASIBLE_ROUTABLE: profile is not None
+        and any(spec_feasible(profile, n.name, n.discovery) for n in live),
+        Cond.FEASIBLE_DOWN: profile is not None
+        and any(spec_feasible(profile, n.name, n.discovery) for n in down),
+    }
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -477,12 +477,15 @@ class Violation:
 
     invariant: str
     detail: str
+    request: str | None = None  # the request whose decision broke it (routing invariants)
+    exclude: frozenset[str] = frozenset()
 
 
 @attrs.frozen(slots=True, kw_only=True)
 class Counterexample:
-    """A shortest path to a violating state, and the violations seen there."""
+    """A shortest path (in its world) to a violating state, and what was wrong there."""
 
+    world: str
     moves: tuple[Move, ...]
     violations: tuple[Violation, ...]
     decisions: tuple[tuple[str, Decision], ...]  # the engine's answers on the final state
@@ -492,20 +495,55 @@ class Counterexample:
 
 
 @attrs.frozen(slots=True, kw_only=True)
+class Coverage:
+    """What the exploration reached: table rows (by index in ``routing.RULES``),
+    health transitions ``(T, state, event, next state)``, and rejects told
+    ``(outcome, Retry-After)``."""
+
+    rows: frozenset[int] = frozenset()
+    transitions: frozenset[tuple[int, str, str, str]] = frozenset()
+    answers: frozenset[tuple[str, int | None]] = frozenset()
+
+    def __or__(self, other: Coverage) -> Coverage:
+        return Coverage(
+            rows=self.rows | other.rows,
+            transitions=self.transitions | other.transitions,
+            answers=self.answers | other.answers,
+        )
+
+    def missing_rows(self) -> list[int]:
+        return [i for i in range(len(RULES)) if i not in self.rows]
+
+    def missing_transitions(self, threshold: int = 3) -> list[tuple[str, str, str]]:
+        table = HealthTable(threshold)
+        want = {
+            (s.label, e.label, table.step(s, e).label) for s in all_states(threshold) for e in Event
+        }
+        have = {(s, e, a) for t, s, e, a in self.transitions if t == threshold}
+        return sorted(want - have)
+
+    def missing_answers(self) -> list[str]:
+        rejects = {r.outcome.value for r in RULES if not r.outcome.routed}
+        return sorted(rejects - {o for o, _r in self.answers})
+
+
+@attrs.frozen(slots=True, kw_only=True)
 class ExploreResult:
+    world: str
+    about: str
     nodes: int
     threshold: int
     depth_bound: int | None
     states: int
     transitions: int
     depth: int  # the deepest level reached
-    complete: bool  # the frontier emptied: every reachable abstract state was explored
+    complete: bool  # the frontier emptied: every reachable state was explored
     seconds: float
-    jobs: int
     checked: Mapping[str, int]  # invariant -> number of checks made
     violated: Mapping[str, int]  # invariant -> depth of its shortest violation found
+    coverage: Coverage
     counterexample: Counterexample | None
-    stopped_early: bool = False  # stopped at the first violation (not --all)
+    stopped_early: bool = False
 
     @property
     def ok(self) -> bool:
@@ -516,206 +554,710 @@ class ExploreResult:
         return self.states / self.seconds if self.seconds > 0 else math.inf
 
 
-# --- the exploration ---------------------------------------------------------------------------
+@attrs.frozen(slots=True, kw_only=True)
+class VerifyResult:
+    """Every world's result, and what they reached together."""
 
-NodeKey = tuple[Any, ...]
+    worlds: tuple[ExploreResult, ...]
+    seconds: float
+    jobs: int
+
+    @property
+    def ok(self) -> bool:
+        return all(w.ok for w in self.worlds)
+
+    @property
+    def counterexample(self) -> Counterexample | None:
+        for w in self.worlds:
+            if w.counterexample is not None:
+                return w.counterexample
+        return None
+
+    @property
+    def coverage(self) -> Coverage:
+        out = Coverage()
+        for w in self.worlds:
+            out = out | w.coverage
+        return out
+
+    @property
+    def states(self) -> int:
+        return sum(w.states for w in self.worlds)
+
+    @property
+    def transitions(self) -> int:
+        return sum(w.transitions for w in self.worlds)
+
+    @property
+    def checked(self) -> dict[str, int]:
+        out = dict.fromkeys(ALL_INVARIANTS, 0)
+        for w in self.worlds:
+            for k, v in w.checked.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
 
-class _Checker:
-    """Checks one state; knows the configuration and the symmetry classes."""
+# --- the engine's complete state, as a key ------------------------------------------------------
 
-    def __init__(
-        self, names: Sequence[str], catalogue: Catalogue, threshold: int, *, spec: bool = True
-    ) -> None:
-        self.names = tuple(names)
-        self.spec = spec
-        self.catalogue = catalogue
-        self.reversed_catalogue = reordered_catalogue(catalogue)
-        self.threshold = threshold
-        pinned = {n for p in catalogue.profiles.values() for n in p.pinned_on}
-        self.cls = {name: (1 if name in pinned else 0) for name in names}
-        free = [n for n in names if n not in pinned]
-        # Renamings of the unpinned nodes (the symmetry group), identity excluded.
-        self.renamings: list[dict[str, str]] = []
-        for perm in itertools.permutations(free):
-            mapping = dict(zip(free, perm, strict=True))
-            if any(k != v for k, v in mapping.items()):
-                self.renamings.append(mapping)
-        self.checked: dict[str, int] = dict.fromkeys(ALL_INVARIANTS, 0)
-        self.routing_cache: dict[tuple[Any, ...], tuple[dict[str, Decision], list[Violation]]] = {}
-        self._disc_ids = {_discovery_value(body): variant for variant, body in _DISCOVERIES.items()}
+#: Engine fields that never change a decision: statistics, and the recency
+#: counter (recency enters the key as an order, through the node records).
+_ENGINE_STATS = frozenset(
+    {
+        "_polls_ok",
+        "_polls_failed",
+        "_discoveries",
+        "_discoveries_ignored",
+        "_health_readings",
+        "_health_invalid",
+        "_transitions",
+        "_decisions",
+        "_seq",
+    }
+)
+#: Engine fields fixed for the world (configuration and derived tables).
+_ENGINE_FIXED = frozenset(
+    {"catalogue", "policy", "_table", "_after_ok", "_after_failed", "_after_request"}
+)
+#: Node-record fields that are times, texts or counters no decision reads.
+_NODE_STATS = frozenset({"last_ok", "last_failure", "failures", "endpoint"})
 
-    def node_key(
-        self, node: NodeSnapshot, history: PollHistory, expected: tuple[Any, ...]
-    ) -> NodeKey:
-        disc = node.discovery
-        return (
-            self.cls[node.name],
-            node.health.phase,
-            node.health.failures,
-            "" if disc is None else self._disc_ids.get(disc) or repr(disc),
-            tuple((m, e.status.value) for m, e in node.models.items()),
-            tuple(sorted(node.busy.items())),
-            history.key(),
-            tuple((m, s.value) for m, s in expected),
+
+class _Keyer:
+    """Turns an engine into a hashable key of everything a future decision may read."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[int, str] = {}
+        for group, table in (("d", DISCOVERIES), ("m", POLLS), ("h", HEALTHS)):
+            for variant, body in table.items():
+                if body is not None:
+                    self.bodies[id(body)] = f"{group}:{variant}"
+
+    def body(self, value: Any) -> str:
+        """An answer body as its alphabet variant (by identity, else by value)."""
+        name = self.bodies.get(id(value))
+        if name is not None:
+            return name
+        for group, table in (("d", DISCOVERIES), ("m", POLLS), ("h", HEALTHS)):
+            for variant, body in table.items():
+                if body is not None and body == value:
+                    return f"{group}:{variant}"
+        return repr(value)
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return tuple(sorted((k, self._value(v)) for k, v in value.items()))
+        if isinstance(value, list | tuple):
+            if value and id(value) in self.bodies:
+                return self.bodies[id(value)]
+            return tuple(self._value(v) for v in value)
+        if isinstance(value, set | frozenset):
+            return tuple(sorted(value))
+        return value
+
+    def node(self, rec: Any, order: Mapping[tuple[str, str], int]) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for slot in type(rec).__slots__:
+            if slot in _NODE_STATS or not hasattr(rec, slot):
+                continue
+            value = getattr(rec, slot)
+            if slot == "models":
+                out.append(tuple(sorted((m, e.status.value) for m, e in value.items())))
+            elif slot == "chosen":
+                out.append(tuple(sorted((m, order[rec.name, m]) for m in value)))
+            elif slot in ("models_body", "health_body"):
+                out.append(None if value is None else self.body(value))
+            elif slot == "discovery":
+                out.append(value)
+            else:
+                out.append(self._value(value))
+        return tuple(out)
+
+    def engine(self, engine: Engine) -> tuple[Any, ...]:
+        state = vars(engine)
+        nodes = state["_nodes"]
+        seqs = sorted(
+            (seq, name, m) for name, rec in nodes.items() for m, seq in rec.chosen.items()
         )
+        order = {(name, m): i for i, (_seq, name, m) in enumerate(seqs)}
+        out: list[Any] = [
+            tuple((name, self.node(rec, order)) for name, rec in sorted(nodes.items()))
+        ]
+        for field, value in sorted(state.items()):
+            if field in _ENGINE_STATS or field in _ENGINE_FIXED or field == "_nodes":
+                continue
+            if field in ("_holders", "_feasible"):
+                out.append((field, tuple(sorted((k, tuple(sorted(v))) for k, v in value.items()))))
+            elif field == "_cache":
+                out.append((field, tuple(sorted(value.items(), key=lambda kv: kv[0]))))
+            elif field == "_open":
+                out.append((field, tuple(sorted(value.values()))))
+            elif field == "_stale":  # request ids differ from path to path: only the count
+                out.append((field, len(value)))
+            elif field == "neurons":
+                out.append((field, tuple(sorted(n.name for n in value))))
+            else:
+                out.append((field, self._value(value)))
+        return tuple(out)
+
+
+# --- one world's exploration ------------------------------------------------------------------
+
+Found = list[Violation]
+_NO_EXCLUDE: frozenset[str] = frozenset()
+
+
+@attrs.frozen(slots=True)
+class _State:
+    """A frontier state: the engine, the monitor, and the path that led here."""
+
+    engine: Engine
+    monitor: Monitor
+    path: tuple[Move, ...]
+
+
+class _World:
+    """Explores one world."""
+
+    def __init__(self, world: World, *, stop_at_first: bool) -> None:
+        self.world = world
+        self.names = world.names
+        self.catalogue = world.catalogue
+        self.reversed = reordered_catalogue(self.catalogue)
+        self.policy = world.policy
+        self.threshold = world.policy.failure_threshold
+        self.moves = world.moves()
+        self.stop_at_first = stop_at_first
+        self.keyer = _Keyer()
+        self.checked: dict[str, int] = dict.fromkeys(ALL_INVARIANTS, 0)
+        self.rows: set[int] = set()
+        self.transitions: set[tuple[int, str, str, str]] = set()
+        self.answers: set[tuple[str, int | None]] = set()
+        self._routing_memo: dict[tuple[Any, ...], list[Violation]] = {}
+        self._r5_memo: dict[tuple[Any, ...], bool] = {}
+        self.excludes: list[frozenset[str]] = [frozenset({n}) for n in self.names]
+        self.excludes.append(frozenset(self.names))
+        self.shared: dict[int, Any] = {}
+        for table in (DISCOVERIES, POLLS, HEALTHS):
+            for body in table.values():
+                containers(body, self.shared)
+
+    # -- building states --
+
+    def neurons(self) -> list[Neuron]:
+        return [Neuron(name=n, endpoint=f"http://{n}.verify:13131") for n in self.names]
+
+    def fresh(self) -> tuple[Engine, Monitor]:
+        engine = Engine(self.neurons(), self.catalogue, self.policy)
+        monitor = Monitor.start(self.names, self.policy)
+        return engine, monitor
+
+    def records(
+        self, move: Move, step: int, engine: Engine, monitor: Monitor
+    ) -> list[dict[str, Any]] | None:
+        """The trace records of ``move`` at step ``step``, or None when it is not
+        enabled here."""
+        t = float(step)
+        kind, node, variant = move.kind, move.node, move.variant
+        present = node is None or engine.has_node(node)
+        if kind == "add":
+            if present:
+                return None
+            return [
+                {
+                    "kind": "neuron_added",
+                    "t": t,
+                    "neuron": Neuron(name=node or "", endpoint=f"http://{node}.verify:13131"),
+                }
+            ]
+        if not present:
+            return None
+        if kind in ("discovery", "models", "health"):
+            table = {"discovery": DISCOVERIES, "models": POLLS, "health": HEALTHS}[kind]
+            body = table[variant]
+            if body is None:
+                rec: dict[str, Any] = {"kind": kind, "t": t, "node": node, "ok": False}
+                if kind == "models":
+                    rec["error"] = "timeout"
+                return [rec]
+            return [{"kind": kind, "t": t, "node": node, "ok": True, "body": body}]
+        if kind in ("load", "unload"):
+            return [{"kind": kind, "t": t, "node": node, "model": BIG, "ok": variant == "ok"}]
+        if kind == "route":
+            if len(monitor.open) >= 2:
+                return None  # at most two requests pending at once
+            return [{"kind": "request", "t": t, "id": f"q{step}", "model": variant}]
+        if kind == "close":
+            for key, name, _model in monitor.open:
+                if name == node:
+                    return [_outcome(t, key, node, variant)]
+            return None
+        if kind == "attempt":
+            others = frozenset(n for n in engine.node_names if n != node)
+            decision = engine.decide(BIG, others)
+            if decision.node != node:
+                return None
+            key = (f"q{step}", 1)
+            request = {
+                "kind": "request",
+                "t": t,
+                "id": key[0],
+                "model": BIG,
+                "attempt": 1,
+                "exclude": others,
+            }
+            return [request, _outcome(t, key, node, variant)]
+        if kind == "report":
+            # An outcome naming this node for a request that was not routed to it
+            # (the engine hears of every request's node, §6): reaches the rows of a
+            # node that cannot be chosen (unknown, unhealthy).
+            key = (f"q{step}", 1)
+            request = {"kind": "request", "t": t, "id": key[0], "model": "nope"}
+            return [request, _outcome(t, key, node, variant)]
+        if kind == "remove":
+            if len(engine.node_names) <= 1:
+                return None
+            return [{"kind": "neuron_removed", "t": t, "node": node}]
+        raise ValueError(f"unknown move kind {kind!r}")
+
+    def apply(
+        self, engine: Engine, monitor: Monitor, records: Sequence[Mapping[str, Any]]
+    ) -> Monitor:
+        """Feed ``records`` to the engine and the monitor (health transitions are
+        noted for the coverage report)."""
+        for rec in records:
+            kind = rec["kind"]
+            before = dict(engine.states()) if kind in ("models", "outcome") else None
+            result = apply_record(engine, kind, rec)
+            routed = None
+            fields: Mapping[str, Any] = rec
+            if kind == "request":
+                assert isinstance(result, Decision)
+                routed = result.node if result.routed else None
+                fields = {**rec, "resolved": spec_model(self.catalogue, rec["model"])}
+            monitor = monitor.after(kind, fields, routed)
+            if before is not None:
+                self._note_transition(kind, rec, before, engine)
+        return monitor
+
+    def _note_transition(
+        self, kind: str, rec: Mapping[str, Any], before: Mapping[str, HealthState], engine: Engine
+    ) -> None:
+        node = rec["node"]
+        if node is None or node not in before or not engine.has_node(node):
+            return
+        if kind == "models":
+            from .monitor import spec_models
+
+            ok = rec["ok"] and spec_models(rec["body"]) is not None
+            event = "poll_ok" if ok else "poll_failed"
+        else:
+            from .monitor import _attempt_result
+
+            result = _attempt_result(rec)
+            if result is None:
+                return
+            event = "request_ok" if result else "request_failed"
+        if not self.policy.passive_health and event.startswith("request"):
+            return
+        self.transitions.add((self.threshold, before[node].label, event, engine.state(node).label))
+
+    def ask(self, engine: Engine) -> list[tuple[str, frozenset[str], Decision]]:
+        """Every request of the world, without and with exclusions (this fills
+        the engine's decision cache, before the state's key is taken)."""
+        out = [(r, _NO_EXCLUDE, engine.decide(r)) for r in REQUESTS]
+        for r in EXCLUDE_REQUESTS:
+            for x in self.excludes:
+                out.append((r, x, engine.decide(r, x)))
+        return out
+
+    def key(self, engine: Engine, monitor: Monitor) -> tuple[Any, ...]:
+        return (self.keyer.engine(engine), monitor.key())
+
+    # -- checking --
 
     def check(
         self,
         engine: Engine,
-        snapshot: FleetSnapshot,
-        histories: Sequence[PollHistory],
-        expected: Sequence[tuple[tuple[str, ModelStatus], ...]],
-        keys: Sequence[NodeKey],
-    ) -> list[tuple[Violation, Mapping[str, str] | None]]:
-        """Every violation on this state, each with the renaming it was seen under."""
-        found: list[tuple[Violation, Mapping[str, str] | None]] = []
+        monitor: Monitor,
+        asked: Sequence[tuple[str, frozenset[str], Decision]],
+    ) -> Found:
+        found: Found = []
         checked = self.checked
-        threshold = self.threshold
-        for node, history, want in zip(snapshot.nodes, histories, expected, strict=True):
-            for name in check_health(history, node.health, threshold):
-                found.append(
-                    (
-                        Violation(
-                            invariant=name,
-                            detail=f"{node.name} is {node.health.label} after polls "
-                            f"{_history_text(history, threshold)}",
-                        ),
-                        None,
-                    )
+        names = set(engine.node_names)
+        mon_names = {n.name for n in monitor.nodes}
+        if names != mon_names:
+            found.append(
+                Violation(
+                    invariant="F1",
+                    detail=f"the engine's fleet is {sorted(names)}, the observations say "
+                    f"{sorted(mon_names)}",
                 )
-            if not f1(dict(want), node.models):
-                shown = {m: e.status.value for m, e in node.models.items()}
-                found.append(
-                    (
-                        Violation(
-                            invariant="F1",
-                            detail=f"{node.name} has models {shown}, its observations say "
-                            f"{ {m: s.value for m, s in want} }",
-                        ),
-                        None,
-                    )
-                )
-        checked["H1"] += len(histories)
-        checked["H2"] += len(histories)
-        checked["H3"] += len(histories)
-        checked["H4"] += len(histories)
-        checked["F1"] += len(histories)
-        decisions, bad = self._routing(snapshot)
-        for violation in bad:
-            found.append((violation, None))
-        renamed = self._renamed(snapshot, keys)
-        for mapping, fleet in renamed:
-            for violation in self._routing(fleet)[1]:
-                found.append((violation, mapping))
-        for name in ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "SPEC"):
-            checked[name] += len(REQUESTS) * (1 + len(renamed))
-        for requested, reference in decisions.items():
-            by_engine = engine.decide(requested)
-            checked["R5"] += 1
-            if by_engine != reference:
-                found.append(
-                    (
-                        Violation(
-                            invariant="R5",
-                            detail=f"request {requested!r}: the engine (indexes, cache) says "
-                            f"{_decision_text(by_engine)}, decide() on its snapshot says "
-                            f"{_decision_text(reference)}",
-                        ),
-                        None,
-                    )
-                )
-        return found
-
-    def _routing(self, fleet: FleetSnapshot) -> tuple[dict[str, Decision], list[Violation]]:
-        """The pure decisions on ``fleet`` and the routing invariants they break.
-
-        ``routing.decide`` reads a node only through ``NodeLike`` (name,
-        routability, discovery, model map, loads), so the result is memoised on
-        exactly that projection of the fleet: states that differ only in, say,
-        ``suspect(1)`` versus ``healthy`` share one check.
-        """
-        projection = tuple(
-            (
-                n.name,
-                n.routable,
-                n.discovery,
-                tuple((m, e.status) for m, e in n.models.items()),
-                tuple(n.busy.items()),
             )
-            for n in fleet.nodes
-        )
-        hit = self.routing_cache.get(projection)
-        if hit is not None:
-            return hit
-        catalogue = self.catalogue
-        views = reordered_views(fleet)
-        decisions: dict[str, Decision] = {}
-        bad: list[Violation] = []
-        for requested in REQUESTS:
-            reference = decide(fleet, catalogue, requested, REFERENCE)
-            decisions[requested] = reference
-            again = [decide(fleet, catalogue, requested, REFERENCE)] + [
-                decide(view, self.reversed_catalogue, requested, REFERENCE) for view in views
-            ]
-            if not r5(reference, again):
-                bad.append(
-                    Violation(
-                        invariant="R5",
-                        detail=f"request {requested!r}: decide() says "
-                        f"{_decision_text(reference)} on the fleet in name order, "
-                        + ", ".join(_decision_text(d) for d in again)
-                        + " when asked again / in other orders",
-                    )
-                )
-            for name in check_decision(fleet, catalogue, reference, with_spec=self.spec):
-                bad.append(
+            return found
+        snapshot = engine.snapshot()
+        by_name = {n.name: n for n in snapshot.nodes}
+        threshold = self.threshold
+        order_engine = _recency(snapshot)
+        order_monitor = _recency(monitor.snapshot())
+        for mon in monitor.nodes:
+            node = by_name[mon.name]
+            for name in check_health(mon.history, node.health, threshold):
+                found.append(
                     Violation(
                         invariant=name,
-                        detail=f"request {requested!r} -> {_decision_text(reference)}",
+                        detail=f"{mon.name} is {node.health.label}; its health events: "
+                        f"{_history_text(mon)}",
                     )
                 )
-        result = (decisions, bad)
-        self.routing_cache[projection] = result
-        return result
-
-    def _renamed(
-        self, snapshot: FleetSnapshot, keys: Sequence[NodeKey]
-    ) -> list[tuple[Mapping[str, str], FleetSnapshot]]:
-        """The other members of the state's orbit, as renamed snapshots (one per
-        distinct assignment: renamings that swap identical nodes are skipped)."""
-        out: list[tuple[Mapping[str, str], FleetSnapshot]] = []
-        seen = {tuple(keys)}
-        index = {name: i for i, name in enumerate(self.names)}
-        for mapping in self.renamings:
-            # The node named n gets the record of the node that mapping sends to n.
-            inverse = {v: k for k, v in mapping.items()}
-            assignment = tuple(keys[index[inverse.get(n, n)]] for n in self.names)
-            if assignment in seen:
-                continue
-            seen.add(assignment)
-            nodes = tuple(
-                attrs.evolve(node, name=mapping.get(node.name, node.name))
-                for node in snapshot.nodes
+            if node.health != mon.health:
+                found.append(
+                    Violation(
+                        invariant="HSPEC",
+                        detail=f"{mon.name} is {node.health.label}, docs/semantics.md §2/§6 "
+                        f"say {mon.health.label}",
+                    )
+                )
+            if not f1(mon.models, node.models):
+                shown = {m: e.status.value for m, e in node.models.items()}
+                found.append(
+                    Violation(
+                        invariant="F1",
+                        detail=f"{mon.name} has models {shown}, its observations say "
+                        f"{ {m: s.value for m, s in mon.models.items()} }",
+                    )
+                )
+            if not d1(mon.discovery, node.discovery):
+                found.append(
+                    Violation(
+                        invariant="D1",
+                        detail=f"{mon.name} has discovery {_disc_text(node.discovery)}, its "
+                        f"/discovery answers say {_disc_text(mon.discovery)}",
+                    )
+                )
+            if not l1(mon.busy, node.busy):
+                found.append(
+                    Violation(
+                        invariant="L1",
+                        detail=f"{mon.name} has load readings {dict(node.busy)}, its /health "
+                        f"answers say {dict(mon.busy)}",
+                    )
+                )
+            mine = [p for p in order_monitor if p[0] == mon.name]
+            theirs = [p for p in order_engine if p[0] == mon.name]
+            if not l2(mon.local, node.local, mine, theirs):
+                found.append(
+                    Violation(
+                        invariant="L2",
+                        detail=f"{mon.name} counts {dict(node.local)} in flight (chosen in the "
+                        f"order {theirs}); routed requests and outcomes say {dict(mon.local)} "
+                        f"({mine})",
+                    )
+                )
+        if order_engine != order_monitor and not any(v.invariant == "L2" for v in found):
+            found.append(
+                Violation(
+                    invariant="L2",
+                    detail=f"replicas were chosen in the order {order_engine}; routed "
+                    f"requests say {order_monitor}",
+                )
             )
-            out.append((mapping, FleetSnapshot(nodes=nodes)))
-        return out
+        n = len(monitor.nodes)
+        for name in ("H1", "H2", "H3", "H4", "H5", "H6", "HSPEC", "F1", "D1", "L1", "L2"):
+            checked[name] += n
+        mon_snap = monitor.snapshot()
+        mon_order = _recency_rank(mon_snap)
+        eng_order = _recency_rank(snapshot)
+        views = None
+        project = self._projection
+        for requested, exclude, decision in asked:
+            memo_key = (project(mon_snap, mon_order, requested, exclude), decision)
+            bad = self._routing_memo.get(memo_key)
+            if bad is None:
+                bad = self._judge(mon_snap, requested, exclude, decision)
+                self._routing_memo[memo_key] = bad
+            found.extend(bad)
+            r5_key = (project(snapshot, eng_order, requested, exclude), decision)
+            same = self._r5_memo.get(r5_key)
+            if same is None:
+                if views is None:
+                    views = reordered_views(snapshot)
+                again = [decide(snapshot, self.catalogue, requested, self.policy, exclude)]
+                again += [decide(v, self.reversed, requested, self.policy, exclude) for v in views]
+                same = all(d == decision for d in again)
+                self._r5_memo[r5_key] = same
+            if not same:
+                found.append(
+                    Violation(
+                        invariant="R5",
+                        detail=f"request {requested!r}{_excluding(exclude)}: the engine "
+                        f"(indexes, cache) says {_decision_text(decision)}, decide() on its "
+                        "snapshot, or in another order, says otherwise",
+                        request=requested,
+                        exclude=exclude,
+                    )
+                )
+        routing = len(asked)
+        for name in ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R9", "SPEC", "ANSWER"):
+            checked[name] += routing
+        return found
+
+    def _projection(
+        self,
+        fleet: FleetSnapshot,
+        order: Mapping[tuple[str, str], int],
+        requested: str,
+        exclude: frozenset[str],
+    ) -> tuple[Any, ...]:
+        """Everything a decision for ``requested`` -- and every invariant about it --
+        can depend on: per node its name, health, exclusion, the resolved model's
+        status, reported load, local count and recency, and (for a catalogued
+        model) its discovery. Checks are memoised on it."""
+        model = spec_model(self.catalogue, requested)
+        profiled = model in self.catalogue.profiles
+        out: list[Any] = [requested, exclude]
+        for n in fleet.nodes:
+            entry = n.models.get(model)
+            out.append(
+                (
+                    n.name,
+                    n.routable,
+                    None if entry is None else entry.status,
+                    n.busy.get(model, 0),
+                    n.local.get(model, 0),
+                    order.get((n.name, model), -1),
+                    n.discovery if profiled else None,
+                )
+            )
+        return tuple(out)
+
+    def _judge(
+        self, fleet: FleetSnapshot, requested: str, exclude: frozenset[str], decision: Decision
+    ) -> list[Violation]:
+        """The routing invariants of ``decision`` on the monitor's fleet, and coverage."""
+        conditions = spec_conditions(fleet, self.catalogue, requested, self.policy, exclude)
+        rows = matching_rules(conditions)
+        if len(rows) == 1:
+            self.rows.add(RULES.index(rows[0]))
+        if not decision.routed:
+            self.answers.add((decision.outcome.value, decision.retry_after))
+        bad = [
+            Violation(
+                invariant=name,
+                detail=f"request {requested!r}{_excluding(exclude)} -> {_decision_text(decision)}",
+                request=requested,
+                exclude=exclude,
+            )
+            for name in check_decision(
+                fleet, self.catalogue, decision, policy=self.policy, exclude=exclude
+            )
+        ]
+        if len(rows) != 1 or rows[0].outcome is not _spec_outcome(fleet, self, requested, exclude):
+            bad.append(
+                Violation(
+                    invariant="SPEC",
+                    detail=f"request {requested!r}{_excluding(exclude)}: the decision table's "
+                    "row for these conditions disagrees with the ordered rules",
+                    request=requested,
+                    exclude=exclude,
+                )
+            )
+        return bad
+
+    # -- the search --
+
+    def run(self, progress: Callable[[str, int, int, int, float], None] | None) -> ExploreResult:
+        start = time.perf_counter()
+        world = self.world
+        engine, monitor = self.fresh()
+        self.shared.update(frozen_containers(engine))
+        asked = self.ask(engine)
+        root = self.key(engine, monitor)
+        seen: set[tuple[Any, ...]] = {root}
+        found = self.check(engine, monitor, asked)
+        violated: dict[str, int] = {}
+        bad: tuple[tuple[Move, ...], Found] | None = None
+        if found:
+            bad = ((), found)
+            for v in found:
+                violated.setdefault(v.invariant, 0)
+        frontier = [_State(engine, monitor, ())] if bad is None else []
+        transitions = 0
+        level = 0
+        while frontier and (bad is None or not self.stop_at_first) and level < world.depth:
+            level += 1
+            nxt: list[_State] = []
+            for state in frontier:
+                for move in self.moves:
+                    recs = self.records(move, level, state.engine, state.monitor)
+                    if recs is None:
+                        continue
+                    transitions += 1
+                    child = clone_engine(state.engine, self.shared)
+                    child_monitor = self.apply(child, state.monitor, recs)
+                    asked = self.ask(child)
+                    key = self.key(child, child_monitor)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    path = (*state.path, move)
+                    found = self.check(child, child_monitor, asked)
+                    if found:
+                        if bad is None:
+                            bad = (path, found)
+                        for v in found:
+                            violated.setdefault(v.invariant, level)
+                        if self.stop_at_first:
+                            break
+                        continue  # a violating state is not expanded
+                    if level < world.depth:
+                        nxt.append(_State(child, child_monitor, path))
+                if bad is not None and self.stop_at_first:
+                    break
+            frontier = nxt
+            if progress is not None:
+                progress(world.name, level, len(seen), transitions, time.perf_counter() - start)
+        complete = not frontier and level < world.depth and (bad is None or not self.stop_at_first)
+        counterexample = None
+        if bad is not None:
+            counterexample = self.counterexample(bad[0], bad[1])
+        return ExploreResult(
+            world=world.name,
+            about=world.about,
+            nodes=world.nodes,
+            threshold=self.threshold,
+            depth_bound=world.depth,
+            states=len(seen),
+            transitions=transitions,
+            depth=level,
+            complete=complete,
+            seconds=time.perf_counter() - start,
+            checked=dict(self.checked),
+            violated=violated,
+            coverage=Coverage(
+                rows=frozenset(self.rows),
+                transitions=frozenset(self.transitions),
+                answers=frozenset(self.answers),
+            ),
+            counterexample=counterexample,
+            stopped_early=bad is not None and self.stop_at_first,
+        )
+
+    # -- counterexamples --
+
+    def replay_path(
+        self, path: Sequence[Move]
+    ) -> tuple[Engine, Monitor, list[list[dict[str, Any]]]]:
+        """A fresh engine and monitor fed ``path``, every request asked after every
+        step (as the search asked them); the records of each step."""
+        engine, monitor = self.fresh()
+        self.ask(engine)
+        steps: list[list[dict[str, Any]]] = []
+        for step, move in enumerate(path, start=1):
+            recs = self.records(move, step, engine, monitor)
+            assert recs is not None, f"move {move} is not enabled when replayed"
+            monitor = self.apply(engine, monitor, recs)
+            self.ask(engine)
+            steps.append(list(recs))
+        return engine, monitor, steps
+
+    def counterexample(self, path: Sequence[Move], found: Found) -> Counterexample:
+        engine, monitor, _steps = self.replay_path(path)
+        asked = self.ask(engine)
+        again = self.check(engine, monitor, asked)
+        violations = tuple(again) or tuple(found)
+        return Counterexample(
+            world=self.world.name,
+            moves=tuple(path),
+            violations=violations,
+            decisions=tuple((r, d) for r, x, d in asked if not x),
+            states=tuple((n, engine.state(n).label) for n in engine.node_names),
+        )
+
+    def header(self) -> TraceHeader:
+        return TraceHeader(
+            neurons=tuple(self.neurons()), catalogue=self.catalogue, policy=self.policy
+        )
 
 
-def _discovery_value(body: Mapping[str, object]) -> Discovery:
-    parsed = parse_discovery(body)
-    assert isinstance(parsed, Discovery)
-    return parsed
+def _outcome(t: float, key: tuple[str, int], node: str | None, result: str) -> dict[str, Any]:
+    """An outcome record: ``ok`` (the node answered 200), ``failed`` (the
+    gateway's 503 after a refused connection), ``neutral`` (the node's 400)."""
+    if result == "ok":
+        status, source, error, retry = 200, "upstream", None, None
+    elif result == "failed":
+        status, source, error, retry = 503, "gateway", "connect", 3
+    else:
+        status, source, error, retry = 400, "upstream", None, None
+    return {
+        "kind": "outcome",
+        "t": t,
+        "id": key[0],
+        "attempt": key[1],
+        "node": node,
+        "status": status,
+        "retry_after": retry,
+        "source": source,
+        "error": error,
+    }
 
 
-def _history_text(history: PollHistory, threshold: int) -> str:
-    if history.streak == 0:
-        return "ending with a success" if history.ever_ok else "(none yet)"
-    more = "+" if history.streak >= threshold else ""
-    before = "routable" if history.armed else "not routable"
-    ever = "" if history.ever_ok else ", never one success"
-    failures = "failure" if history.streak == 1 and not more else "failures"
-    return f"ending with {history.streak}{more} {failures} in a row (was {before} before){ever}"
+def _spec_outcome(
+    fleet: FleetSnapshot, world: _World, requested: str, exclude: frozenset[str]
+) -> Outcome:
+    from .invariants import spec_decide
+
+    return spec_decide(fleet, world.catalogue, requested, world.policy, exclude).outcome
+
+
+def _recency(fleet: FleetSnapshot) -> list[tuple[str, str]]:
+    """Replicas in the order they were last chosen (least recent first)."""
+    seqs = sorted((seq, n.name, m) for n in fleet.nodes for m, seq in n.chosen.items())
+    return [(name, m) for _seq, name, m in seqs]
+
+
+def _recency_rank(fleet: FleetSnapshot) -> dict[tuple[str, str], int]:
+    return {p: i for i, p in enumerate(_recency(fleet))}
+
+
+def _fleet_key(fleet: FleetSnapshot) -> tuple[Any, ...]:
+    """What a decision on ``fleet`` can depend on (recency as an order)."""
+    order = {p: i for i, p in enumerate(_recency(fleet))}
+    return tuple(
+        (
+            n.name,
+            n.routable,
+            n.discovery,
+            tuple(sorted((m, e.status.value) for m, e in n.models.items())),
+            tuple(sorted(n.busy.items())),
+            tuple(sorted(n.local.items())),
+            tuple(sorted((m, order[n.name, m]) for m in n.chosen)),
+        )
+        for n in fleet.nodes
+    )
+
+
+def _excluding(exclude: frozenset[str]) -> str:
+    return f" excluding {', '.join(sorted(exclude))}" if exclude else ""
+
+
+def _disc_text(discovery: Discovery | None) -> str:
+    if discovery is None:
+        return "none"
+    vram = [d.vram_total_mb for d in discovery.devices]
+    done = "complete" if discovery.complete else "incomplete"
+    return f"{len(vram)} GPU(s) {vram} ({done})"
+
+
+def _history_text(node: NodeMonitor) -> str:
+    h = node.history
+    parts = ["answered a poll before" if h.ever_ok else "never answered a poll"]
+    if h.streak:
+        kind = "of either kind" if h.mixed else "of polls"
+        began = "routable" if h.armed else "not routable"
+        parts.append(f"then {h.streak} failure(s) {kind} in a row (it was {began} before)")
+    if h.revive:
+        parts.append("then a request_ok while it was not routable")
+    return ", ".join(parts)
 
 
 def _decision_text(decision: Decision) -> str:
@@ -723,324 +1265,171 @@ def _decision_text(decision: Decision) -> str:
         return f"{decision.outcome.value} -> {decision.node}"
     retry = decision.retry_after
     extra = f", Retry-After {retry}" if retry is not None else ""
-    return f"{decision.outcome.value} ({decision.status}{extra})"
+    subject = f" naming {decision.subject}" if decision.subject else ""
+    return f"{decision.outcome.value} ({decision.status}{extra}){subject}"
 
 
-Monitors = tuple[tuple[PollHistory, ...], tuple[tuple[tuple[str, ModelStatus], ...], ...]]
-StateKey = tuple[NodeKey, ...]
-Found = list[tuple[Violation, Mapping[str, str] | None]]
+# --- the search, over worlds -------------------------------------------------------------------
 
 
-@attrs.frozen(slots=True)
-class _Child:
-    """A state first reached in a chunk: its parent (index in the chunk), the move,
-    its key and monitors, and what its check found."""
-
-    parent: int
-    move: Move
-    key: StateKey
-    monitors: Monitors
-    found: Found
+def explore_world(
+    world: World,
+    *,
+    stop_at_first: bool = True,
+    progress: Callable[[str, int, int, int, float], None] | None = None,
+) -> ExploreResult:
+    """Explore one world breadth first to its depth."""
+    return _World(world, stop_at_first=stop_at_first).run(progress)
 
 
-# The explorer a forked worker expands chunks with (set before the workers fork).
-_WORKER: _Explorer | None = None
+def _explore_in_worker(args: tuple[int, World, bool]) -> tuple[int, ExploreResult]:
+    index, world, stop_at_first = args
+    return index, explore_world(world, stop_at_first=stop_at_first)
 
 
-Frontier = list[tuple[StateKey, tuple[Move, ...], Monitors]]
-
-
-RoutingEntries = list[tuple[tuple[Any, ...], tuple[dict[str, Decision], list[Violation]]]]
-
-
-def _expand_in_worker(
-    chunk: Frontier,
-) -> tuple[list[_Child], int, dict[str, int], RoutingEntries]:
-    """Expand a chunk in a forked worker; also hand back the routing checks it
-    memoised, so that the next level's workers start with them."""
-    assert _WORKER is not None
-    cache = _WORKER.checker.routing_cache
-    known = len(cache)
-    children, transitions, checked = _WORKER.expand(chunk)
-    return children, transitions, checked, list(itertools.islice(cache.items(), known, None))
-
-
-class _Explorer:
-    def __init__(
-        self,
-        nodes: int,
-        threshold: int,
-        depth: int | None,
-        *,
-        stop_at_first: bool,
-        spec: bool = True,
-    ) -> None:
-        self.names = node_names(nodes)
-        self.catalogue = explorer_catalogue(nodes)
-        self.policy = Policy.reference().with_values({"failure_threshold": threshold})
-        self.threshold = threshold
-        self.depth = depth
-        self.stop_at_first = stop_at_first
-        self.checker = _Checker(self.names, self.catalogue, threshold, spec=spec)
-        self.moves = alphabet(self.names)
-        self.shared = _shared_bodies()
-        self.parents: dict[StateKey, tuple[StateKey, Move] | None] = {}
-        self.level = 0
-
-    def fresh_engine(self) -> Engine:
-        return Engine(
-            [Neuron(name=n, endpoint=f"http://{n}.verify:13131") for n in self.names],
-            self.catalogue,
-            self.policy,
-        )
-
-    def rebuild(self, path: Sequence[Move]) -> Engine:
-        """The engine of the state ``path`` leads to, exactly as exploring it made
-        it: every request was decided on every state along the way (so the
-        decision cache holds what it held then)."""
-        engine = self.fresh_engine()
-        for request in REQUESTS:
-            engine.decide(request)
-        for step, move in enumerate(path, start=1):
-            apply_record(engine, move.kind, move.record(float(step)))
-            for request in REQUESTS:
-                engine.decide(request)
-        return engine
-
-    def keys(self, snapshot: FleetSnapshot, monitors: Monitors) -> tuple[NodeKey, ...]:
-        node_key = self.checker.node_key
-        return tuple(
-            node_key(n, h, e)
-            for n, h, e in zip(snapshot.nodes, monitors[0], monitors[1], strict=True)
-        )
-
-    def expand(self, chunk: Frontier) -> tuple[list[_Child], int, dict[str, int]]:
-        """Expand every state of ``chunk`` (its path and monitors) by every move.
-
-        Returns the states not seen before (in the order first reached), the
-        number of transitions, and the number of checks made per invariant.
-        """
-        checker = self.checker
-        checker.checked = dict.fromkeys(ALL_INVARIANTS, 0)
-        threshold = self.threshold
-        parents = self.parents
-        shared = self.shared
-        names = self.names
-        t = float(self.level + 1)
-        records = {move: move.record(t) for ms in self.moves.values() for move in ms}
-        children: list[_Child] = []
-        fresh: set[StateKey] = set()
-        transitions = 0
-        for index, (key, path, (hists, exp)) in enumerate(chunk):
-            engine = self.rebuild(path)
-            snap = engine.snapshot()
-            nkeys = self.keys(snap, (hists, exp))
-            done: set[NodeKey] = set()
-            for i, name in enumerate(names):
-                if nkeys[i] in done:
-                    continue  # an identical node: its moves lead to the same orbit
-                done.add(nkeys[i])
-                node = snap.nodes[i]
-                routable = node.routable
-                for move in self.moves[name]:
-                    if move.kind == "discovery" and node.discovery is not None:
-                        continue
-                    transitions += 1
-                    child = clone_engine(engine, shared)
-                    apply_record(child, move.kind, records[move])
-                    h2, e2 = _after(move, hists[i], exp[i], routable=routable, threshold=threshold)
-                    c_mon = ((*hists[:i], h2, *hists[i + 1 :]), (*exp[:i], e2, *exp[i + 1 :]))
-                    c_snap = child.snapshot()
-                    c_keys = self.keys(c_snap, c_mon)
-                    c_key = tuple(sorted(c_keys))
-                    if c_key in parents or c_key in fresh or c_key == key:
-                        continue
-                    fresh.add(c_key)
-                    found = checker.check(child, c_snap, c_mon[0], c_mon[1], c_keys)
-                    children.append(_Child(index, move, c_key, c_mon, found))
-                    if found and self.stop_at_first:
-                        return children, transitions, checker.checked
-        return children, transitions, checker.checked
-
-    def run(
-        self, progress: Callable[[int, int, int, float], None] | None, jobs: int
-    ) -> ExploreResult:
-        start = time.perf_counter()
-        checker = self.checker
-        names = self.names
-        monitors: Monitors = (tuple(PollHistory() for _ in names), tuple(() for _ in names))
-        engine = self.fresh_engine()
-        self.shared.update(_frozen_containers(engine))
-        snapshot = engine.snapshot()
-        keys = self.keys(snapshot, monitors)
-        root = tuple(sorted(keys))
-        self.parents = {root: None}
-        checked = dict.fromkeys(ALL_INVARIANTS, 0)
-        bad: tuple[StateKey, Found] | None = None
-        found = checker.check(engine, snapshot, monitors[0], monitors[1], keys)
-        for name, n in checker.checked.items():
-            checked[name] += n
-        violated: dict[str, int] = {}  # invariant -> depth of its first violation
-        if found:
-            bad = (root, found)
-            for v, _m in found:
-                violated.setdefault(v.invariant, 0)
-        frontier: Frontier = [(root, (), monitors)] if bad is None else []
-        transitions = 0
-        while (
-            frontier
-            and (bad is None or not self.stop_at_first)
-            and (self.depth is None or self.level < self.depth)
-        ):
-            results = self._expand_level(frontier, jobs)
-            self.level += 1
-            nxt: Frontier = []
-            for chunk, (children, n, counts) in results:
-                transitions += n
-                for name, c in counts.items():
-                    checked[name] += c
-                for child in children:
-                    if child.key in self.parents:
-                        continue  # reached first from an earlier chunk
-                    parent_key, path, _mon = chunk[child.parent]
-                    self.parents[child.key] = (parent_key, child.move)
-                    if child.found:
-                        if bad is None:
-                            bad = (child.key, child.found)
-                        for v, _m in child.found:
-                            violated.setdefault(v.invariant, self.level)
-                        continue  # a violating state is not expanded
-                    nxt.append((child.key, (*path, child.move), child.monitors))
-                if bad is not None and self.stop_at_first:
-                    break
-            frontier = nxt
-            if progress is not None:
-                progress(self.level, len(self.parents), transitions, time.perf_counter() - start)
-        complete = not frontier and (bad is None or not self.stop_at_first)
-        seconds = time.perf_counter() - start
-        counterexample = None
-        if bad is not None:
-            bad_key, found = bad
-            path_back: list[Move] = []
-            cursor: StateKey | None = bad_key
-            while cursor is not None:
-                link = self.parents[cursor]
-                if link is None:
-                    break
-                cursor, move = link
-                path_back.append(move)
-            path_back.reverse()
-            counterexample = self._counterexample(path_back, found)
-        return ExploreResult(
-            nodes=len(names),
-            threshold=self.threshold,
-            depth_bound=self.depth,
-            states=len(self.parents),
-            transitions=transitions,
-            depth=self.level,
-            complete=complete,
-            seconds=seconds,
-            jobs=jobs,
-            checked=checked,
-            violated=violated,
-            counterexample=counterexample,
-            stopped_early=bad is not None and self.stop_at_first,
-        )
-
-    def _expand_level(
-        self, frontier: Frontier, jobs: int
-    ) -> list[tuple[Frontier, tuple[list[_Child], int, dict[str, int]]]]:
-        """Expand one breadth-first level, in ``jobs`` forked workers when worth it.
-
-        Chunks are contiguous slices of the frontier and their results are merged
-        in frontier order, so the outcome (states, parents, the counterexample)
-        is the same whatever the number of workers.
-        """
-        if jobs <= 1 or len(frontier) < 64:
-            return [(frontier, self.expand(frontier))]
-        import multiprocessing
-
-        global _WORKER  # noqa: PLW0603 - read by the forked workers
-        pieces = jobs
-        size = -(-len(frontier) // pieces)
-        chunks = [frontier[i : i + size] for i in range(0, len(frontier), size)]
-        _WORKER = self
-        try:
-            with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                results = pool.map(_expand_in_worker, chunks, chunksize=1)
-        finally:
-            _WORKER = None
-        cache = self.checker.routing_cache
-        for *_rest, entries in results:
-            cache.update(entries)
-        return [(chunk, (r[0], r[1], r[2])) for chunk, r in zip(chunks, results, strict=True)]
-
-    def _counterexample(self, path: Sequence[Move], found: Found) -> Counterexample:
-        """Rebuild the violating state from scratch, as a trace replay will, and
-        check it again: what is reported is what the trace reproduces."""
-        # A violation seen only on a renamed snapshot is reproduced by renaming the path.
-        if all(m is not None for _v, m in found):
-            mapping = found[0][1]
-            assert mapping is not None
-            path = [move.renamed(mapping) for move in path]
-        engine, decisions, monitors = replay_path(self.fresh_engine, path, self.threshold)
-        snapshot = engine.snapshot()
-        keys = self.keys(snapshot, monitors)
-        again = self.checker.check(engine, snapshot, monitors[0], monitors[1], keys)
-        violations = tuple(v for v, m in again if m is None)
-        if not violations:  # not reproduced from scratch: report what exploring saw
-            violations = tuple(v for v, m in found if m is None) or tuple(v for v, _m in found)
-        return Counterexample(
-            moves=tuple(path),
-            violations=violations,
-            decisions=tuple(decisions),
-            states=tuple((n, engine.state(n).label) for n in self.names),
-        )
-
-    def header(self) -> TraceHeader:
-        return TraceHeader(
-            neurons=tuple(Neuron(name=n, endpoint=f"http://{n}.verify:13131") for n in self.names),
-            catalogue=self.catalogue,
-            policy=self.policy,
-        )
-
-
-def _path_events(path: Sequence[Move]) -> Iterator[Event]:
-    """The trace events of a path: every request after every state, as explored."""
-    for step in range(len(path) + 1):
-        t = float(step)
-        if step:
-            yield path[step - 1].event(t)
-        for requested in REQUESTS:
-            yield RequestEvent(t=t, id=f"s{step}-{requested}", model=requested)
-
-
-def replay_path(
-    make_engine: Callable[[], Engine], path: Sequence[Move], threshold: int
-) -> tuple[Engine, list[tuple[str, Decision]], Monitors]:
-    """A fresh engine fed ``path`` as its trace replays (every request routed after
-    every event); the final state's decisions, and the monitors along the path."""
-    engine = make_engine()
-    names = engine.node_names
-    hists = [PollHistory() for _ in names]
-    exp: list[tuple[tuple[str, ModelStatus], ...]] = [() for _ in names]
-    decisions: list[tuple[str, Decision]] = []
-    for step in range(len(path) + 1):
-        t = float(step)
-        if step:
-            move = path[step - 1]
-            i = names.index(move.node)
-            routable = engine.state(move.node).routable
-            hists[i], exp[i] = _after(
-                move, hists[i], exp[i], routable=routable, threshold=threshold
+def verify(
+    worlds: Sequence[World] = DEFAULT_WORLDS,
+    *,
+    jobs: int = 1,
+    stop_at_first: bool = True,
+    progress: Callable[[str, int, int, int, float], None] | None = None,
+) -> VerifyResult:
+    """Explore every world (in ``jobs`` forked processes, largest first); the
+    results come back in the order the worlds were given. With
+    ``stop_at_first``, no world is started after one has found a violation
+    (the worlds still running finish)."""
+    start = time.perf_counter()
+    results: dict[int, ExploreResult] = {}
+    if jobs <= 1 or len(worlds) <= 1:
+        for i, w in enumerate(worlds):
+            results[i] = explore_world(w, stop_at_first=stop_at_first, progress=progress)
+            if stop_at_first and not results[i].ok:
+                break
+    else:
+        order = sorted(range(len(worlds)), key=lambda i: -_weight(worlds[i]))
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            pending = pool.imap_unordered(
+                _explore_in_worker, [(i, worlds[i], stop_at_first) for i in order], chunksize=1
             )
-            apply_record(engine, move.kind, move.record(t))
-        decisions = [(r, engine.route(r, t)) for r in REQUESTS]
-    return engine, decisions, (tuple(hists), tuple(exp))
+            for i, result in pending:
+                results[i] = result
+                if progress is not None:
+                    progress(
+                        result.world,
+                        result.depth,
+                        result.states,
+                        result.transitions,
+                        result.seconds,
+                    )
+                if stop_at_first and not result.ok:
+                    pool.terminate()
+                    break
+    done = tuple(results[i] for i in sorted(results))
+    return VerifyResult(worlds=done, seconds=time.perf_counter() - start, jobs=jobs)
 
 
-def write_counterexample(result: ExploreResult, path: str | os.PathLike[str]) -> ExploreResult:
-    """Write the counterexample as a v1 trace; replay it to confirm it reproduces."""
+def _weight(world: World) -> float:
+    moves = len(world.node_moves) * world.nodes + len(world.fleet_moves)
+    return float(moves) ** min(world.depth, 6)
+
+
+def explore(
+    nodes: int | None = None,
+    threshold: int | None = None,
+    depth: int | None = None,
+    *,
+    worlds: Sequence[World] = DEFAULT_WORLDS,
+    jobs: int = 1,
+    stop_at_first: bool = True,
+    progress: Callable[[str, int, int, int, float], None] | None = None,
+) -> VerifyResult:
+    """The default bound (or ``worlds``), with ``nodes``, ``threshold`` and
+    ``depth`` overriding every world's when given."""
+    chosen = [w.with_bound(nodes=nodes, threshold=threshold, depth=depth) for w in worlds]
+    return verify(chosen, jobs=jobs, stop_at_first=stop_at_first, progress=progress)
+
+
+def world_named(name: str) -> World:
+    for w in DEFAULT_WORLDS:
+        if w.name == name:
+            return w
+    raise KeyError(name)
+
+
+def _final_requests(cx: Counterexample) -> list[tuple[str, frozenset[str]]]:
+    """The requests written after the path: the one that broke an invariant
+    first (a routed request changes the fleet under ``load = max``, so only the
+    first answer is sure to be the one the search saw), then the others."""
+    first = [(v.request, v.exclude) for v in cx.violations if v.request is not None]
+    out: list[tuple[str, frozenset[str]]] = first[:1]
+    out += [(r, _NO_EXCLUDE) for r in REQUESTS if (r, _NO_EXCLUDE) not in out]
+    return out
+
+
+def _path_events(world: _World, cx: Counterexample) -> Iterator[TraceEvent]:
+    """The trace events of a counterexample's path (the requests the search
+    asked on every state are not written: they would change the fleet under
+    ``load = max``), then the final requests."""
+    engine, monitor = world.fresh()
+    step = 0
+    for step, move in enumerate(cx.moves, start=1):
+        recs = world.records(move, step, engine, monitor)
+        assert recs is not None
+        monitor = world.apply(engine, monitor, recs)
+        for rec in recs:
+            yield _typed(rec)
+    t = float(step)
+    for i, (requested, exclude) in enumerate(_final_requests(cx)):
+        yield RequestEvent(t=t, id=f"final-{i}", model=requested, exclude=tuple(sorted(exclude)))
+
+
+def _typed(rec: Mapping[str, Any]) -> TraceEvent:
+    """The typed trace event of a record this module built."""
+    kind, t = rec["kind"], rec["t"]
+    if kind == "request":
+        return RequestEvent(
+            t=t,
+            id=rec["id"],
+            model=rec["model"],
+            attempt=rec.get("attempt"),
+            exclude=tuple(sorted(rec.get("exclude", ()))),
+        )
+    if kind == "outcome":
+        return OutcomeEvent(
+            t=t,
+            id=rec["id"],
+            attempt=rec["attempt"],
+            node=rec["node"],
+            status=rec["status"],
+            retry_after=rec["retry_after"],
+            source=rec["source"],
+            error=rec["error"],
+        )
+    if kind == "neuron_added":
+        return NeuronAddedEvent(t=t, neuron=rec["neuron"])
+    node: str = rec["node"]
+    if kind == "discovery":
+        return DiscoveryEvent(t=t, node=node, ok=rec["ok"], body=rec.get("body"))
+    if kind == "models":
+        return ModelsEvent(
+            t=t, node=node, ok=rec["ok"], body=rec.get("body"), error=rec.get("error", "")
+        )
+    if kind == "health":
+        return HealthEvent(t=t, node=node, ok=rec["ok"], body=rec.get("body"))
+    if kind == "load":
+        return LoadEvent(t=t, node=node, model=rec["model"], ok=rec["ok"])
+    if kind == "unload":
+        return UnloadEvent(t=t, node=node, model=rec["model"], ok=rec["ok"])
+    if kind == "neuron_removed":
+        return NeuronRemovedEvent(t=t, node=node)
+    raise ValueError(kind)
+
+
+def write_counterexample(
+    result: VerifyResult, path: str | os.PathLike[str], worlds: Sequence[World] = DEFAULT_WORLDS
+) -> VerifyResult:
+    """Write the first counterexample as a v2 trace; replay it to see whether it
+    reproduces the engine's decisions on the violating state."""
     from io import StringIO
 
     from ..replay import replay
@@ -1048,42 +1437,27 @@ def write_counterexample(result: ExploreResult, path: str | os.PathLike[str]) ->
 
     cx = result.counterexample
     assert cx is not None
-    explorer = _Explorer(result.nodes, result.threshold, result.depth_bound, stop_at_first=True)
-    with TraceWriter(path, explorer.header()) as writer:
-        for event in _path_events(cx.moves):
+    index = next(i for i, w in enumerate(result.worlds) if w.counterexample is cx)
+    world_result = result.worlds[index]
+    spec_world = next(w for w in worlds if w.name == cx.world).with_bound(
+        nodes=world_result.nodes, threshold=world_result.threshold, depth=world_result.depth_bound
+    )
+    world = _World(spec_world, stop_at_first=True)
+    with TraceWriter(path, world.header()) as writer:
+        for event in _path_events(world, cx):
             writer.write(event)
     out = StringIO()
     replay(os.fspath(path), out=out)
-    last = out.getvalue().splitlines()[-len(REQUESTS) :]
+    finals = _final_requests(cx)
+    lines = out.getvalue().splitlines()[-len(finals) :]
+    engine, _monitor, _steps = world.replay_path(cx.moves)
     t = float(len(cx.moves))
-    want = [decision_line(d, f"s{len(cx.moves)}-{r}", t).rstrip("\n") for r, d in cx.decisions]
-    cx = attrs.evolve(cx, trace=os.fspath(path), replayed=last == want)
-    return attrs.evolve(result, counterexample=cx)
-
-
-def explore(
-    nodes: int = 3,
-    threshold: int = 3,
-    depth: int | None = None,
-    *,
-    jobs: int = 1,
-    stop_at_first: bool = True,
-    spec: bool = True,
-    progress: Callable[[int, int, int, float], None] | None = None,
-) -> ExploreResult:
-    """Explore the real engine with ``nodes`` nodes and ``threshold``, breadth first,
-    to ``depth`` moves (None: until no new state appears), in ``jobs`` processes.
-
-    ``spec=False`` leaves out the SPEC check (the decision equals the ordered
-    rules), so that only the named invariants (H1-H4, R1-R7, F1) are judged.
-    """
-    if not 1 <= nodes <= MAX_NODES:
-        raise ValueError(f"nodes must be between 1 and {MAX_NODES}, got {nodes}")
-    if threshold < 1:
-        raise ValueError(f"threshold must be >= 1, got {threshold}")
-    if depth is not None and depth < 0:
-        raise ValueError(f"depth must be >= 0, got {depth}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    explorer = _Explorer(nodes, threshold, depth, stop_at_first=stop_at_first, spec=spec)
-    return explorer.run(progress, jobs)
+    want = [
+        decision_line(engine.decide(r, x), f"final-{i}", t).rstrip("\n")
+        for i, (r, x) in enumerate(finals)
+    ]
+    sure = 1 if spec_world.policy.load == "max" else len(finals)
+    cx2 = attrs.evolve(cx, trace=os.fspath(path), replayed=lines[:sure] == want[:sure])
+    worlds_out = list(result.worlds)
+    worlds_out[index] = attrs.evolve(world_result, counterexample=cx2)
+    return attrs.evolve(result, worlds=tuple(worlds_out))

@@ -184,16 +184,16 @@ def _check_import(ctx: Context) -> None:
 
 _EXPLORE = """
 import sys
-from cortex_fsm.verify.explorer import explore
-from cortex_fsm.verify.commands import DEFAULT_DEPTH
-r = explore(3, 3, DEFAULT_DEPTH, jobs=1, spec=False)
+from cortex_fsm.verify.explorer import verify
+r = verify(jobs=1)
 if r.counterexample is None:
     print("no violation in", r.states, "states")
     sys.exit(0)
 cx = r.counterexample
 names = sorted({v.invariant for v in cx.violations})
 n = len(cx.moves)
-print(" ".join(names), "after", n, "observation" if n == 1 else "observations")
+print(" ".join(names), "in world", cx.world, "after", n,
+      "observation" if n == 1 else "observations")
 sys.exit(1)
 """
 
