@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from ..trace import AtomicOutput, output_problem
@@ -182,7 +182,7 @@ def verify_main(args: argparse.Namespace) -> int:
     if result.counterexample is not None:
         result = write_counterexample(result, args.counterexample, worlds)
     default = is_default_bound(args)
-    out.write(render_result(result, require_coverage=default))
+    out.write(render_result(result, require_coverage=default, worlds=worlds))
     out.flush()
     if not result.ok:
         return 1
@@ -223,7 +223,9 @@ def _gaps(result: VerifyResult) -> list[str]:
     return gaps
 
 
-def render_result(result: VerifyResult, *, require_coverage: bool = False) -> str:
+def render_result(
+    result: VerifyResult, *, require_coverage: bool = False, worlds: Sequence[World] = ()
+) -> str:
     lines = [""]
     for w in result.worlds:
         if w.stopped_early:
@@ -266,8 +268,9 @@ def render_result(result: VerifyResult, *, require_coverage: bool = False) -> st
     ]
     if not cx.moves:
         lines.append("  (the initial state)")
+    world = next((w for w in worlds if w.name == cx.world), None)
     for step, move in enumerate(cx.moves, start=1):
-        lines.append(f"  t={step:<3} {move.describe()}")
+        lines.append(f"  t={step:<3} {move.describe(world)}")
     lines.append("then:")
     lines.append("  health: " + ", ".join(f"{n} {label}" for n, label in cx.states))
     for requested, decision in cx.decisions:

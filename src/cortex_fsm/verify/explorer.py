@@ -210,28 +210,33 @@ class Move:
     node: str | None
     variant: str
 
-    def describe(self) -> str:
+    def describe(self, world: World | None = None) -> str:
         n, v = self.node, self.variant
+        discoveries = DISCOVERIES if world is None else world.discoveries
+        polls = POLLS if world is None else world.polls
+        healths = HEALTHS if world is None else world.healths
+        model = BIG if world is None else world.model
         if self.kind == "discovery":
-            if v == "failed":
+            body = discoveries[v]
+            if body is None:
                 return f"{n}: /discovery fails"
-            return f"{n}: /discovery answers {v} ({_describe_discovery(DISCOVERIES[v])})"
+            return f"{n}: /discovery answers {v} ({_describe_discovery(body)})"
         if self.kind == "models":
-            if v == "failed":
+            if polls[v] is None:
                 return f"{n}: /models fails (timeout)"
-            return f"{n}: /models answers {POLLS[v]!r}"
+            return f"{n}: /models answers {polls[v]!r}"
         if self.kind == "health":
-            if v == "failed":
+            if healths[v] is None:
                 return f"{n}: /health fails"
-            return f"{n}: /health answers {HEALTHS[v]!r}"
+            return f"{n}: /health answers {healths[v]!r}"
         if self.kind in ("load", "unload"):
-            return f"{n}: {self.kind} of {BIG} {'succeeds' if v == 'ok' else 'fails'}"
+            return f"{n}: {self.kind} of {model} {'succeeds' if v == 'ok' else 'fails'}"
         if self.kind == "route":
             return f"a request for {v!r} is routed (its answer still pending)"
         if self.kind == "close":
             return f"{n}: the oldest pending request ends ({v})"
         if self.kind == "attempt":
-            return f"{n}: a request for {BIG!r} (others excluded) is served, {v}"
+            return f"{n}: a request for {model!r} (others excluded) is served, {v}"
         if self.kind == "report":
             return f"{n}: an outcome names it for a request it was not routed ({v})"
         return f"{n}: {'leaves' if self.kind == 'remove' else 'joins'} the fleet"
@@ -271,25 +276,45 @@ REQUESTS: tuple[str, ...] = (BIG, "tier/big", "tier/chain", SMALL, PIN, FREE, "n
 EXCLUDE_REQUESTS: tuple[str, ...] = (BIG, FREE)
 
 
-@attrs.frozen(slots=True, kw_only=True)
+def node_names(count: int) -> tuple[str, ...]:
+    return tuple(f"n{i}" for i in range(count))
+
+
+@attrs.frozen(slots=True, kw_only=True, eq=False)
 class World:
-    """One small fleet, its policy, alphabet and depth."""
+    """One small fleet: its nodes, catalogue, policy, alphabet and depth.
+
+    ``node_moves`` are ``(kind, variant)`` applied to every node,
+    ``fleet_moves`` to the fleet (``route``). The answer tables map a variant
+    to its body (None: a failed fetch); ``model`` is the model that loads,
+    unloads and served requests (``attempt``) are for; ``requests`` are asked
+    on every state, ``exclude_requests`` also with each node and with every
+    node excluded. The default catalogue is :func:`world_catalogue`.
+    """
 
     name: str
     about: str
-    nodes: int
+    names: tuple[str, ...]
     policy: Policy
     depth: int
     node_moves: tuple[tuple[str, str], ...]
     fleet_moves: tuple[tuple[str, str], ...] = ()
+    catalogue: Catalogue | None = None
+    requests: tuple[str, ...] = REQUESTS
+    exclude_requests: tuple[str, ...] = EXCLUDE_REQUESTS
+    discoveries: Mapping[str, object] = DISCOVERIES
+    polls: Mapping[str, object] = POLLS
+    healths: Mapping[str, object] = HEALTHS
+    model: str = BIG
+    #: the endpoint of each node (for the counterexample's trace header)
+    endpoints: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f"n{i}" for i in range(self.nodes))
+    def nodes(self) -> int:
+        return len(self.names)
 
-    @property
-    def catalogue(self) -> Catalogue:
-        return world_catalogue(self.names)
+    def the_catalogue(self) -> Catalogue:
+        return self.catalogue if self.catalogue is not None else world_catalogue(self.names)
 
     def moves(self) -> tuple[Move, ...]:
         out = [Move(k, n, v) for n in self.names for k, v in self.node_moves]
@@ -302,11 +327,9 @@ class World:
         policy = self.policy
         if threshold is not None:
             policy = policy.with_values({"failure_threshold": threshold})
+        names = self.names if nodes is None else node_names(nodes)
         return attrs.evolve(
-            self,
-            nodes=self.nodes if nodes is None else nodes,
-            policy=policy,
-            depth=self.depth if depth is None else depth,
+            self, names=names, policy=policy, depth=self.depth if depth is None else depth
         )
 
 
@@ -323,7 +346,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="health",
         about="health: polls and request outcomes of every kind, threshold 3",
-        nodes=2,
+        names=node_names(2),
         policy=_DEFAULT,
         depth=7,
         node_moves=(
@@ -337,7 +360,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="static",
         about="static lifecycle and known-down models",
-        nodes=2,
+        names=node_names(2),
         policy=_DEFAULT.with_values({"lifecycle": "static", "failure_threshold": 1}),
         depth=5,
         node_moves=(
@@ -349,7 +372,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="static-reference",
         about="static lifecycle with known_down = reference",
-        nodes=2,
+        names=node_names(2),
         policy=_DEFAULT.with_values(
             {"lifecycle": "static", "known_down": "reference", "failure_threshold": 1}
         ),
@@ -362,7 +385,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="fleet",
         about="a fleet that changes: nodes leave and join with requests in flight",
-        nodes=2,
+        names=node_names(2),
         policy=_DEFAULT.with_values({"failure_threshold": 2}),
         depth=5,
         node_moves=(
@@ -377,7 +400,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="models",
         about="model map: every status, repeats, loads and unloads and their failures",
-        nodes=2,
+        names=node_names(2),
         policy=_DEFAULT.with_values({"failure_threshold": 2}),
         depth=4,
         node_moves=(
@@ -392,7 +415,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="topology",
         about="topology: discoveries at, below and above every threshold; refetch",
-        nodes=3,
+        names=node_names(3),
         policy=_DEFAULT.with_values({"failure_threshold": 1}),
         depth=4,
         node_moves=(
@@ -403,7 +426,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="load",
         about="load: readings distinct, equal, missing, invalid; in-flight and recency",
-        nodes=3,
+        names=node_names(3),
         policy=_DEFAULT.with_values({"failure_threshold": 2}),
         depth=5,
         node_moves=(
@@ -417,7 +440,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     World(
         name="reference",
         about="Part I: every Part II key at its reference value",
-        nodes=3,
+        names=node_names(3),
         policy=_REFERENCE.with_values({"failure_threshold": 2}),
         depth=4,
         node_moves=(
@@ -625,9 +648,10 @@ _NODE_STATS = frozenset({"last_ok", "last_failure", "failures", "endpoint"})
 class _Keyer:
     """Turns an engine into a hashable key of everything a future decision may read."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: World) -> None:
+        self.tables = (("d", world.discoveries), ("m", world.polls), ("h", world.healths))
         self.bodies: dict[int, str] = {}
-        for group, table in (("d", DISCOVERIES), ("m", POLLS), ("h", HEALTHS)):
+        for group, table in self.tables:
             for variant, body in table.items():
                 if body is not None:
                     self.bodies[id(body)] = f"{group}:{variant}"
@@ -637,7 +661,7 @@ class _Keyer:
         name = self.bodies.get(id(value))
         if name is not None:
             return name
-        for group, table in (("d", DISCOVERIES), ("m", POLLS), ("h", HEALTHS)):
+        for group, table in self.tables:
             for variant, body in table.items():
                 if body is not None and body == value:
                     return f"{group}:{variant}"
@@ -721,13 +745,13 @@ class _World:
     def __init__(self, world: World, *, stop_at_first: bool) -> None:
         self.world = world
         self.names = world.names
-        self.catalogue = world.catalogue
+        self.catalogue = world.the_catalogue()
         self.reversed = reordered_catalogue(self.catalogue)
         self.policy = world.policy
         self.threshold = world.policy.failure_threshold
         self.moves = world.moves()
         self.stop_at_first = stop_at_first
-        self.keyer = _Keyer()
+        self.keyer = _Keyer(world)
         self.checked: dict[str, int] = dict.fromkeys(ALL_INVARIANTS, 0)
         self.rows: set[int] = set()
         self.transitions: set[tuple[int, str, str, str]] = set()
@@ -737,14 +761,18 @@ class _World:
         self.excludes: list[frozenset[str]] = [frozenset({n}) for n in self.names]
         self.excludes.append(frozenset(self.names))
         self.shared: dict[int, Any] = {}
-        for table in (DISCOVERIES, POLLS, HEALTHS):
+        for table in (world.discoveries, world.polls, world.healths):
             for body in table.values():
                 containers(body, self.shared)
 
     # -- building states --
 
     def neurons(self) -> list[Neuron]:
-        return [Neuron(name=n, endpoint=f"http://{n}.verify:13131") for n in self.names]
+        return [self.neuron(n) for n in self.names]
+
+    def neuron(self, name: str) -> Neuron:
+        endpoint = self.world.endpoints.get(name, f"http://{name}.verify:13131")
+        return Neuron(name=name, endpoint=endpoint)
 
     def fresh(self) -> tuple[Engine, Monitor]:
         engine = Engine(self.neurons(), self.catalogue, self.policy)
@@ -772,7 +800,12 @@ class _World:
         if not present:
             return None
         if kind in ("discovery", "models", "health"):
-            table = {"discovery": DISCOVERIES, "models": POLLS, "health": HEALTHS}[kind]
+            world = self.world
+            table = {
+                "discovery": world.discoveries,
+                "models": world.polls,
+                "health": world.healths,
+            }[kind]
             body = table[variant]
             if body is None:
                 rec: dict[str, Any] = {"kind": kind, "t": t, "node": node, "ok": False}
@@ -781,7 +814,8 @@ class _World:
                 return [rec]
             return [{"kind": kind, "t": t, "node": node, "ok": True, "body": body}]
         if kind in ("load", "unload"):
-            return [{"kind": kind, "t": t, "node": node, "model": BIG, "ok": variant == "ok"}]
+            model = self.world.model
+            return [{"kind": kind, "t": t, "node": node, "model": model, "ok": variant == "ok"}]
         if kind == "route":
             if len(monitor.open) >= 2:
                 return None  # at most two requests pending at once
@@ -793,7 +827,7 @@ class _World:
             return None
         if kind == "attempt":
             others = frozenset(n for n in engine.node_names if n != node)
-            decision = engine.decide(BIG, others)
+            decision = engine.decide(self.world.model, others)
             if decision.node != node:
                 return None
             key = (f"q{step}", 1)
@@ -801,7 +835,7 @@ class _World:
                 "kind": "request",
                 "t": t,
                 "id": key[0],
-                "model": BIG,
+                "model": self.world.model,
                 "attempt": 1,
                 "exclude": others,
             }
@@ -864,8 +898,8 @@ class _World:
     def ask(self, engine: Engine) -> list[tuple[str, frozenset[str], Decision]]:
         """Every request of the world, without and with exclusions (this fills
         the engine's decision cache, before the state's key is taken)."""
-        out = [(r, _NO_EXCLUDE, engine.decide(r)) for r in REQUESTS]
-        for r in EXCLUDE_REQUESTS:
+        out = [(r, _NO_EXCLUDE, engine.decide(r)) for r in self.world.requests]
+        for r in self.world.exclude_requests:
             for x in self.excludes:
                 out.append((r, x, engine.decide(r, x)))
         return out
@@ -1356,13 +1390,15 @@ def world_named(name: str) -> World:
     raise KeyError(name)
 
 
-def _final_requests(cx: Counterexample) -> list[tuple[str, frozenset[str]]]:
+def _final_requests(
+    cx: Counterexample, requests: Sequence[str]
+) -> list[tuple[str, frozenset[str]]]:
     """The requests written after the path: the one that broke an invariant
     first (a routed request changes the fleet under ``load = max``, so only the
     first answer is sure to be the one the search saw), then the others."""
     first = [(v.request, v.exclude) for v in cx.violations if v.request is not None]
     out: list[tuple[str, frozenset[str]]] = first[:1]
-    out += [(r, _NO_EXCLUDE) for r in REQUESTS if (r, _NO_EXCLUDE) not in out]
+    out += [(r, _NO_EXCLUDE) for r in requests if (r, _NO_EXCLUDE) not in out]
     return out
 
 
@@ -1379,7 +1415,7 @@ def _path_events(world: _World, cx: Counterexample) -> Iterator[TraceEvent]:
         for rec in recs:
             yield _typed(rec)
     t = float(step)
-    for i, (requested, exclude) in enumerate(_final_requests(cx)):
+    for i, (requested, exclude) in enumerate(_final_requests(cx, world.world.requests)):
         yield RequestEvent(t=t, id=f"final-{i}", model=requested, exclude=tuple(sorted(exclude)))
 
 
@@ -1439,16 +1475,15 @@ def write_counterexample(
     assert cx is not None
     index = next(i for i, w in enumerate(result.worlds) if w.counterexample is cx)
     world_result = result.worlds[index]
-    spec_world = next(w for w in worlds if w.name == cx.world).with_bound(
-        nodes=world_result.nodes, threshold=world_result.threshold, depth=world_result.depth_bound
-    )
+    # ``worlds``: the worlds as explored (bounds applied), found by name.
+    spec_world = next(w for w in worlds if w.name == cx.world)
     world = _World(spec_world, stop_at_first=True)
     with TraceWriter(path, world.header()) as writer:
         for event in _path_events(world, cx):
             writer.write(event)
     out = StringIO()
     replay(os.fspath(path), out=out)
-    finals = _final_requests(cx)
+    finals = _final_requests(cx, spec_world.requests)
     lines = out.getvalue().splitlines()[-len(finals) :]
     engine, _monitor, _steps = world.replay_path(cx.moves)
     t = float(len(cx.moves))
