@@ -195,7 +195,7 @@ if r.counterexample is None:
     print("no violation in", r.states, "states")
     sys.exit(0)
 cx = r.counterexample
-names = sorted({v.invariant for v in cx.violations})
+names = sorted({{v.invariant for v in cx.violations}})
 n = len(cx.moves)
 print(" ".join(names), "in world", cx.world, "after", n,
       "observation" if n == 1 else "observations")
