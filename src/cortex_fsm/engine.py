@@ -404,14 +404,17 @@ class Engine:
     def _replace_busy(self, rec: _Node, new: dict[str, int]) -> None:
         old = rec.busy
         rec.busy = new
-        if not self._cache or new == old:
+        cache = self._cache
+        if not cache or new == old:
             return
-        # No reading counts as 0, so compare per model with that default.
+        # No reading counts as 0, so compare per model with that default; a
+        # model with no cached decision (by its id or an alias) needs nothing.
+        aliases_of = self._aliases_of
         for model, busy in new.items():
-            if old.get(model, 0) != busy:
+            if (model in cache or model in aliases_of) and old.get(model, 0) != busy:
                 self._load_moved(rec, model, old.get(model, 0))
         for model, busy in old.items():
-            if busy and model not in new:
+            if busy and (model in cache or model in aliases_of) and model not in new:
                 self._load_moved(rec, model, busy)
 
     def _load_moved(self, rec: _Node, model: str, before: int) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 import attrs
@@ -28,11 +30,13 @@ from .policy import Policy
 from .routing import NO_EXCLUDE, Decision
 from .trace import (
     _KIND_OF,
+    _TAILS,
     Event,
     RequestEvent,
     TraceHeader,
     TraceReader,
     decision_line,
+    decision_tail,
 )
 from .wire import Invalid, parse_discovery
 
@@ -390,6 +394,9 @@ def _run_fast(
     pending: list[str] = []
     emit = pending.append
     readline = trace._fh.readline
+    tails = _TAILS
+    enc = encode_basestring_ascii
+    shown_t, t_text = math.nan, ""
     try:
         while True:
             try:
@@ -415,7 +422,12 @@ def _run_fast(
                     events += 1
                     decision = route(ev.model, t, NO_EXCLUDE, (rid, 1))
                     if write is not None:
-                        emit(decision_line(decision, rid, t))
+                        if t != shown_t:  # the events of a poll round share their time
+                            shown_t, t_text = t, repr(t)
+                        tail = tails.get(decision)
+                        if tail is None:
+                            tail = decision_tail(decision)
+                        emit(f'{{"id": {enc(rid)}, "t": {t_text}, {tail}')
                         if len(pending) >= _FLUSH_EVERY:
                             write("".join(pending))
                             pending.clear()

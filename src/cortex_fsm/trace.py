@@ -1008,9 +1008,7 @@ def decision_line(decision: Decision, request_id: str, t: float, attempt: int | 
     """
     tail = _TAILS.get(decision)
     if tail is None:
-        if len(_TAILS) >= _TAIL_LIMIT:
-            _TAILS.clear()
-        tail = _TAILS[decision] = _tail(decision)
+        tail = decision_tail(decision)
     if attempt is not None:
         return f'{{"id": {_enc(request_id)}, "attempt": {attempt}, "t": {t!r}, {tail}'
     return f'{{"id": {_enc(request_id)}, "t": {t!r}, {tail}'
@@ -1018,6 +1016,15 @@ def decision_line(decision: Decision, request_id: str, t: float, attempt: int | 
 
 _TAILS: dict[Decision, str] = {}
 _TAIL_LIMIT = 1 << 16
+
+
+def decision_tail(decision: Decision) -> str:
+    """A decision line after its ``id``, ``attempt`` and ``t``: the part that
+    depends on the decision alone (remembered for the next time)."""
+    if len(_TAILS) >= _TAIL_LIMIT:
+        _TAILS.clear()
+    tail = _TAILS[decision] = _tail(decision)
+    return tail
 
 
 def _tail(decision: Decision) -> str:
