@@ -200,6 +200,16 @@ def _parser() -> argparse.ArgumentParser:
     add_check_arguments(cp)
     cp.set_defaults(func=check_main)
 
+    from .ci.audit import add_audit_arguments, audit_main
+
+    ap = sub.add_parser(
+        "audit",
+        help="runtime verification of a recorded trace: its decisions, answers and health "
+        "against the invariants",
+    )
+    add_audit_arguments(ap)
+    ap.set_defaults(func=audit_main)
+
     from .research.cli import (
         add_score_arguments,
         add_simulate_arguments,
