@@ -70,9 +70,10 @@ def test_the_plugin_checks_a_config_and_audits_recordings(tmp_path: Path) -> Non
     result = _pytest(project, "--cortex-config", "cortex.toml", "--cortex-trace", "recordings")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED cortex.toml::cortex-fsm check" in result.stdout
+    assert "PASSED cortex.toml::cortex-fsm verify" in result.stdout
     assert "PASSED recordings/good.jsonl::cortex-fsm audit" in result.stdout
     assert "PASSED tests/test_mine.py::test_my_config" in result.stdout
-    assert "4 passed" in result.stdout
+    assert "5 passed" in result.stdout
     # without its options the plugin adds nothing
     plain = _pytest(project)
     assert plain.returncode == 0 and "2 passed" in plain.stdout, plain.stdout
@@ -95,6 +96,8 @@ def test_the_plugin_fails_with_the_commands_reports(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     assert "FAILED cortex.toml::cortex-fsm check" in out
+    assert "FAILED cortex.toml::cortex-fsm verify" in out
+    assert "a request for 'tier/chain' gets model_not_found (404), with every node up" in out
     assert 'models.toml:7: error: alias_chain: aliases."tier/chain": ' in out
     assert "FAILED recordings/edited.jsonl::cortex-fsm audit" in out
     assert "recordings/edited.jsonl:3: R2: request 'r1' for 'big' was told status 503" in out

@@ -26,7 +26,7 @@ EXPECTED = {
     "HealthHistory", "Monitor", "Problem", "SpecDecision", "Violation", "answer", "audit",
     "check_config", "check_decision", "check_health", "h1", "h2", "h3", "h4", "h5", "h6",
     "r1", "r2", "r2_outcome", "r3", "r4", "r5", "r6", "r7", "r9", "spec", "spec_decide",
-    "spec_feasible", "spec_model",
+    "spec_feasible", "spec_model", "verify_config",
 }  # fmt: skip
 
 

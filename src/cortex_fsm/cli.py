@@ -244,14 +244,17 @@ def _parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sw)
     sw.set_defaults(func=sweep_main)
 
-    from .verify import add_export_arguments, add_verify_arguments, export_main, verify_main
+    from .verify import add_export_arguments, add_verify_arguments, export_main
 
     vp = sub.add_parser(
         "verify",
         help="model-check the engine: every invariant on every reachable state within a bound",
     )
     add_verify_arguments(vp)
-    vp.set_defaults(func=verify_main)
+    from .ci.worlds import add_config_argument, verify_config_main
+
+    add_config_argument(vp)
+    vp.set_defaults(func=verify_config_main)
 
     ep = sub.add_parser(
         "export",

@@ -13,6 +13,9 @@ For users who write their own tests of their own gateway (docs/ci.md):
   ``line``, ``invariant``, ``message``; :data:`AUDITED` lists what it
   checks). It raises :class:`~cortex_fsm.errors.TraceError` when the trace is
   malformed.
+* **the configuration, model-checked** -- :func:`verify_config` runs
+  ``cortex-fsm verify --config`` and returns its result (``.ok``, and
+  ``.result``: states explored, the counterexample if any).
 * **predicates** -- the invariants themselves, each a pure function: the
   health invariants H1-H6 (:func:`h1` ... :func:`h6`, or
   :func:`check_health`) judge a node's :class:`~cortex_fsm.health.HealthState`
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 from .ci.audit import AUDITED, Violation, audit
 from .ci.check import CODES, Problem, check_config
+from .ci.worlds import verify_config
 from .verify.invariants import (
     HEALTH_INVARIANTS,
     INVARIANTS,
@@ -107,4 +111,5 @@ __all__ = [
     "spec_decide",
     "spec_feasible",
     "spec_model",
+    "verify_config",
 ]

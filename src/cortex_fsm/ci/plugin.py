@@ -3,7 +3,9 @@
 Installed with cortex-fsm (entry point ``pytest11``), it adds two options:
 
 * ``--cortex-config PATH`` -- an item that runs ``cortex-fsm check`` on the
-  configuration (fails on errors; warnings and notes are shown, not failed);
+  configuration (fails on errors; warnings and notes are shown, not failed),
+  and one that runs ``cortex-fsm verify --config`` on it (fails with the
+  counterexample);
 * ``--cortex-trace PATH`` (repeatable; a directory stands for every
   ``*.jsonl`` and ``*.jsonl.gz`` under it) -- one item per trace that runs
   ``cortex-fsm audit`` on it.
@@ -24,6 +26,7 @@ __all__ = [
     "CheckItem",
     "CortexFailure",
     "TraceItem",
+    "VerifyItem",
     "pytest_addoption",
     "pytest_collection_modifyitems",
 ]
@@ -80,6 +83,24 @@ class CheckItem(_CortexItem):
             )
 
 
+class VerifyItem(_CortexItem):
+    """``cortex-fsm verify --config`` on a configuration, at its default depth."""
+
+    def runtest(self) -> None:
+        import tempfile
+
+        from ..errors import ConfigError
+        from .worlds import render, verify_config
+
+        where = Path(tempfile.mkdtemp(prefix="cortex-fsm-verify-")) / "counterexample.jsonl"
+        try:
+            out = verify_config(self.target, counterexample=where)
+        except ConfigError as exc:
+            raise CortexFailure(f"cortex-fsm verify: error: {exc}") from None
+        if not out.ok:
+            raise CortexFailure(render(out).rstrip("\n"))
+
+
 class TraceItem(_CortexItem):
     """``cortex-fsm audit`` on one recording."""
 
@@ -102,7 +123,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--cortex-config",
         metavar="PATH",
         default=None,
-        help="add a test item running 'cortex-fsm check' on this gateway configuration",
+        help="add test items running 'cortex-fsm check' and 'cortex-fsm verify --config' on "
+        "this gateway configuration",
     )
     group.addoption(
         "--cortex-trace",
@@ -141,7 +163,9 @@ def pytest_collection_modifyitems(
         parent = _Target.from_parent(session, path=Path(target).absolute())
         check = CheckItem.from_parent(parent, name="cortex-fsm check")
         check.target = Path(target)
-        items.append(check)
+        verify = VerifyItem.from_parent(parent, name="cortex-fsm verify")
+        verify.target = Path(target)
+        items += [check, verify]
     for trace in _traces(config.getoption("cortex_trace")):
         parent = _Target.from_parent(session, path=trace.absolute())
         audit = TraceItem.from_parent(parent, name="cortex-fsm audit")
