@@ -210,6 +210,65 @@ HOSTILE: list[object] = [
     '{"models": [{"id": "m", "in_flight": 1.0, "queue_depth": 0}]}}',
     '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": '
     '{"models": [ {"id": "m", "in_flight": 1, "queue_depth": 0}]}}',
+    # /health bodies: of the documented shape (decoded as such) or not (judged by the engine)
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": {}},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": {"models": None}},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": {"models": []}},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": {"models": {}}},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": {"models": [5]}},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": []},
+    {"kind": "health", "t": 9, "node": "a", "ok": True, "body": "up"},
+    {
+        "kind": "health",
+        "t": 9,
+        "node": "a",
+        "ok": True,
+        "body": {
+            "uptime_secs": 5,
+            "devices": [{"index": 0}],
+            "models": [
+                {"id": "m", "in_flight": 2, "queue_depth": 3},
+                {"id": "n", "in_flight": 0, "queue_depth": 1},
+                {"id": "m", "in_flight": 1, "queue_depth": 0},
+            ],
+        },
+    },
+    {
+        "kind": "health",
+        "t": 9,
+        "node": "a",
+        "ok": True,
+        "body": {"extra": 1, "models": [{"id": "m", "in_flight": 2, "queue_depth": 3}]},
+    },
+    {
+        "kind": "health",
+        "t": 9,
+        "node": "a",
+        "ok": True,
+        "body": {"models": [{"id": "m", "in_flight": 2, "queue_depth": 3, "extra": None}]},
+    },
+    {
+        "kind": "health",
+        "t": 9,
+        "node": "a",
+        "ok": True,
+        "body": {"models": [{"id": "m", "in_flight": 2, "queue_depth": -1}]},
+    },
+    {
+        "kind": "health",
+        "t": 9,
+        "node": "a",
+        "ok": True,
+        "body": {"models": [{"id": 7, "in_flight": 2, "queue_depth": 0}]},
+    },
+    '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"devices": [1e400], '
+    '"models": [{"id": "m", "in_flight": 2, "queue_depth": 3}]}}',
+    '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"models": '
+    '[{"id": "m", "in_flight": 2, "queue_depth": 3, "in_flight": 0}]}}',
+    '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"models": '
+    '[{"id": "m", "in_flight": 2, "queue_depth": 3}], "models": 5}}',
+    '{"kind": "health", "t": 9, "node": "a", "ok": true, "body": {"models": 5, "models": '
+    '[{"id": "m", "in_flight": 2, "queue_depth": 3}]}}',
     {"kind": "discovery", "t": 9, "node": "a", "ok": True, "body": {"devices": []}},
     {"kind": "truth", "t": 9, "node": "a", "up": False, "why": "blip"},
     {"kind": "load", "t": 9, "node": "a", "model": "n", "ok": True},
@@ -305,7 +364,10 @@ def test_random_damage_to_a_long_trace(tmp_path: Path, caplog: pytest.LogCapture
             else:
                 obj["error"] = "timeout"
         elif kind < 0.5:
-            loads = [{"id": m, "in_flight": rng.randint(0, 2), "queue_depth": 0} for m in "mn"]
+            loads = [
+                {"id": m, "in_flight": rng.randint(0, 2), "queue_depth": rng.randint(0, 2)}
+                for m in "mn"
+            ]
             obj = {"kind": "health", "t": t, "node": node, "ok": True, "body": {"models": loads}}
         else:
             rid += 1

@@ -430,34 +430,38 @@ class Engine:
         one's. Anything else is dropped, and decided again when asked.
         """
         cache = self._cache
-        entry = rec.models.get(model)
-        candidate = (
-            rec.routable
-            and entry is not None
-            and (entry.status is ModelStatus.LOADED or entry.status is ModelStatus.RELOADING)
-        )
-        for requested in (model, *self._aliases_of.get(model, ())):
-            cached = cache.get(requested)
-            if cached is None or cached.model != model or cached.rule not in _LOAD_PICKED:
-                continue
-            if candidate:
-                if cached.node == rec.name:
-                    if self._pick_key(rec, model) <= self._pick_key(rec, model, before):
-                        continue
-                else:
-                    chosen = self._nodes.get(cached.node or "")
-                    if chosen is not None and self._pick_key(rec, model) > self._pick_key(
-                        chosen, model
-                    ):
-                        continue
-            else:
-                continue
-            del cache[requested]
+        cached = cache.get(model)
+        if cached is not None and self._pick_may_move(rec, model, before, cached):
+            del cache[model]
+        aliases = self._aliases_of.get(model)
+        if aliases:
+            for alias in aliases:
+                cached = cache.get(alias)
+                if cached is not None and self._pick_may_move(rec, model, before, cached):
+                    del cache[alias]
 
-    def _pick_key(self, rec: _Node, model: str, busy: int | None = None) -> tuple[int, int, str]:
-        """Rule 2's key for ``rec`` as :func:`~cortex_fsm.routing.decide` computes it
-        (with ``busy`` in place of the reported load, when given)."""
-        load = rec.busy.get(model, 0) if busy is None else busy
+    def _pick_may_move(self, rec: _Node, model: str, before: int, cached: Decision) -> bool:
+        """Can ``rec``'s load of ``model`` moving from ``before`` change ``cached``?"""
+        if cached.model != model or cached.rule not in _LOAD_PICKED:
+            return False
+        entry = rec.models.get(model)
+        if not rec.routable or entry is None:
+            return False
+        status = entry.status
+        if status is not ModelStatus.LOADED and status is not ModelStatus.RELOADING:
+            return False
+        if cached.node == rec.name:  # only the load part of its key moved
+            now = rec.busy.get(model, 0)
+            if self._count_local:
+                local = rec.local.get(model, 0)
+                return (local if local > now else now) > (local if local > before else before)
+            return now > before
+        chosen = self._nodes.get(cached.node or "")
+        return chosen is None or self._pick_key(rec, model) <= self._pick_key(chosen, model)
+
+    def _pick_key(self, rec: _Node, model: str) -> tuple[int, int, str]:
+        """Rule 2's key for ``rec`` as :func:`~cortex_fsm.routing.decide` computes it."""
+        load = rec.busy.get(model, 0)
         if self._count_local:
             local = rec.local.get(model, 0)
             return (local if local > load else load, rec.chosen.get(model, -1), rec.name)

@@ -360,6 +360,25 @@ def _fast_decoding() -> bool:
     return True
 
 
+def _health_value(
+    raw: object, typed: Callable[[Any], Any], plain: Callable[[Any], Any]
+) -> tuple[object, Any, bool] | None:
+    """A ``/health`` body's raw text as ``(raw, value, True)`` with the load
+    readings ``parse_health`` would give (when it is a body of the documented
+    shape, decoded as such), else ``(raw, JSON value, False)`` for the engine
+    to judge, or None when it is not JSON (the json path reports the line)."""
+    try:
+        body = typed(raw)
+    except Exception:
+        try:
+            return (raw, plain(raw), False)
+        except Exception:
+            return None
+    models = body.models
+    busy = {} if models is None else {m.id: m.in_flight + m.queue_depth for m in models}
+    return (raw, busy, True)
+
+
 _FLUSH_EVERY = 4096  # decision lines written per write call
 _REFUSED = object()
 
@@ -377,12 +396,20 @@ def _run_fast(
     decoded again: the engine gets the same value as last time, which it
     recognises at once.
     """
-    from .trace_fast import Health, Models, Request, decode_body, decode_line
+    from .trace_fast import (
+        Health,
+        Models,
+        Request,
+        decode_body,
+        decode_health_body,
+        decode_line,
+    )
 
     engine = replayer.engine
     route = engine.route
     models = engine.observe_models_body
     health = engine.observe_health_body
+    health_busy = engine.observe_health
     feed = replayer.feed
     transition = replayer._transition
     neurons = trace._neurons  # shared with the reader: neuron_added/removed update it
@@ -390,7 +417,7 @@ def _run_fast(
     line, last_t, events = trace.line, trace._last_t, trace.events
     started = replayer.t_start is not None
     last_models: dict[str, tuple[object, object]] = {}  # node -> (raw body, its value)
-    last_health: dict[str, tuple[object, object]] = {}
+    last_health: dict[str, tuple[object, Any, bool]] = {}  # ... and whether it is a reading
     pending: list[str] = []
     emit = pending.append
     readline = trace._fh.readline
@@ -432,47 +459,61 @@ def _run_fast(
                             write("".join(pending))
                             pending.clear()
                     continue
-            elif type(ev) is Health or type(ev) is Models:
+            elif type(ev) is Health:
+                t = ev.t
+                node = ev.node
+                body_raw = ev.body
+                if (
+                    started
+                    and ev.ok is True
+                    and body_raw
+                    and node in neurons
+                    and t >= last_t
+                    and t - t == 0.0
+                ):
+                    seen = last_health.get(node)
+                    if seen is None or seen[0] != body_raw:
+                        seen = _health_value(body_raw, decode_health_body, decode_body)
+                        if seen is not None:
+                            last_health[node] = seen
+                    if seen is not None:
+                        last_t = t
+                        events += 1
+                        if seen[2]:  # what parse_health would make of it
+                            health_busy(node, t, seen[1])
+                        else:
+                            health(node, t, seen[1])
+                        continue
+            elif type(ev) is Models:
                 t = ev.t
                 node = ev.node
                 if started and t >= last_t and t - t == 0.0 and node in neurons:
                     if ev.ok is True:
                         body_raw = ev.body
                         if body_raw:
-                            memo = last_health if type(ev) is Health else last_models
-                            seen = memo.get(node)
-                            if seen is not None and seen[0] == body_raw:
-                                body = seen[1]
+                            seen_models = last_models.get(node)
+                            if seen_models is not None and seen_models[0] == body_raw:
+                                body = seen_models[1]
                             else:
                                 try:
                                     body = decode_body(body_raw)
                                 except Exception:
                                     body = _REFUSED
                                 else:
-                                    memo[node] = (body_raw, body)
+                                    last_models[node] = (body_raw, body)
                             if body is not _REFUSED:
                                 last_t = t
                                 events += 1
-                                if type(ev) is Health:
-                                    health(node, t, body)
-                                else:
-                                    result = models(node, t, body)
-                                    if result is not None:
-                                        transition(result)
+                                result = models(node, t, body)
+                                if result is not None:
+                                    transition(result)
                                 continue
-                    elif type(ev) is Models:  # a failed poll
+                    else:  # a failed poll
                         last_t = t
                         events += 1
-                        feed(
-                            "models",
-                            {
-                                "kind": "models",
-                                "t": t,
-                                "node": node,
-                                "ok": False,
-                                "error": ev.error,
-                            },
-                        )
+                        failed = {"kind": "models", "t": t, "node": node, "ok": False}
+                        failed["error"] = ev.error
+                        feed("models", failed)
                         continue
             # Any other line: the json path reads it (or says what is wrong).
             trace.line, trace._last_t, trace.events = line - 1, last_t, events

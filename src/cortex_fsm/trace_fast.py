@@ -22,11 +22,20 @@ decides how fast a line is read, never what it means.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
-__all__ = ["Health", "Models", "Raw", "Request", "decode_body", "decode_line"]
+__all__ = [
+    "Health",
+    "HealthBody",
+    "Models",
+    "Raw",
+    "Request",
+    "decode_body",
+    "decode_health_body",
+    "decode_line",
+]
 
 Raw = msgspec.Raw
 NO_BODY: Final = msgspec.Raw()
@@ -55,7 +64,30 @@ class Health(msgspec.Struct, tag_field="kind", tag="health", forbid_unknown_fiel
     body: msgspec.Raw = NO_BODY
 
 
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class HealthModel(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    id: str
+    in_flight: NonNegative
+    queue_depth: NonNegative
+
+
+class HealthBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A ``/health`` body as docs/semantics.md §1 describes it, and nothing else:
+    every model with a string id and non-negative integer counts (JSON
+    integers: ``true`` and ``1.0`` are refused). The other two keys are read
+    as any JSON value, in full (so checked), and then ignored."""
+
+    uptime_secs: Any = None
+    devices: Any = None
+    models: list[HealthModel] | None = None
+
+
 #: One line (bytes) to a Request, Models or Health; raises on anything else.
 decode_line = msgspec.json.Decoder(Request | Models | Health).decode
 #: A body's raw text to plain JSON values (dict, list, str, int, float, bool, None).
 decode_body = msgspec.json.Decoder().decode
+#: A ``/health`` body's raw text to a HealthBody; raises on anything else, which
+#: then goes to the engine as plain JSON values, to be judged there.
+decode_health_body = msgspec.json.Decoder(HealthBody).decode
