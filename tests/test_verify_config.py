@@ -135,6 +135,16 @@ def test_a_planted_misconfiguration_is_found_and_replays(tmp_path: Path, name: s
     assert lines[0]["model"] == request and lines[0]["outcome"] == outcome
 
 
+def test_all_does_not_stop_at_the_first_violation(tmp_path: Path) -> None:
+    path = write(tmp_path, PLANTED["alias chain"][0])
+    first = verify_config(path, depth=1)
+    every = verify_config(path, depth=1, stop_at_first=False)
+    assert first.result.stopped_early
+    assert not every.ok and not every.result.stopped_early
+    # a violating state is not expanded: the start state violates, so that is all
+    assert (every.result.states, every.result.violated) == (1, {"SERVED": 0})
+
+
 def test_the_command_prints_the_counterexample(tmp_path: Path) -> None:
     path = write(tmp_path, PLANTED["alias chain"][0])
     trace = tmp_path / "cx.jsonl"

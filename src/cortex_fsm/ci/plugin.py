@@ -92,11 +92,14 @@ class VerifyItem(_CortexItem):
         from ..errors import ConfigError
         from .worlds import render, verify_config
 
-        where = Path(tempfile.mkdtemp(prefix="cortex-fsm-verify-")) / "counterexample.jsonl"
+        folder = Path(tempfile.mkdtemp(prefix="cortex-fsm-verify-"))
         try:
-            out = verify_config(self.target, counterexample=where)
+            out = verify_config(self.target, counterexample=folder / "counterexample.jsonl")
         except ConfigError as exc:
             raise CortexFailure(f"cortex-fsm verify: error: {exc}") from None
+        finally:
+            if not any(folder.iterdir()):  # nothing to keep: no counterexample
+                folder.rmdir()
         if not out.ok:
             raise CortexFailure(render(out).rstrip("\n"))
 

@@ -316,6 +316,7 @@ def verify_config(
     *,
     depth: int = DEFAULT_DEPTH,
     counterexample: str | os.PathLike[str] | None = None,
+    stop_at_first: bool = True,
 ) -> ConfigResult:
     """Model-check the gateway configuration at ``path`` (raises
     :class:`~cortex_fsm.errors.ConfigError` when it cannot be read). On a
@@ -325,7 +326,7 @@ def verify_config(
 
     config = load_config(path)
     spec = config_world(config, depth=depth, source=os.fspath(path))
-    explorer = _ConfigExplorer(spec, stop_at_first=True)
+    explorer = _ConfigExplorer(spec, stop_at_first=stop_at_first)
     result = explorer.run(None)
     out = ConfigResult(spec=spec, result=result)
     if result.counterexample is not None and counterexample is not None:
@@ -480,7 +481,12 @@ def verify_config_main(args: argparse.Namespace) -> int:
         return 2
     depth = DEFAULT_DEPTH if args.depth is None else args.depth
     try:
-        out = verify_config(Path(args.config), depth=depth, counterexample=args.counterexample)
+        out = verify_config(
+            Path(args.config),
+            depth=depth,
+            counterexample=args.counterexample,
+            stop_at_first=not getattr(args, "all", False),
+        )
     except ConfigError as exc:
         print(f"cortex-fsm verify: error: {exc}", file=sys.stderr)
         return 2
