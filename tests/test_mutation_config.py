@@ -86,3 +86,28 @@ def test_every_recorded_reason_still_points_at_code(script: ModuleType) -> None:
                 for f in files
                 for line in sources[f].lines
             ), f"survivor[{i}]: no line {r['line']!r} in {r['file']}"
+
+
+def test_the_interval_is_wilsons(script: ModuleType) -> None:
+    lo, hi = script.wilson(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert script.wilson(0, 5)[0] == 0.0
+    assert script.wilson(5, 5)[1] == 1.0
+    for k in range(0, 21):
+        lo, hi = script.wilson(k, 20)
+        assert lo <= k / 20 <= hi
+
+
+def test_a_mutant_matches_the_reason_for_its_lines(script: ModuleType) -> None:
+    source = script.Source(PACKAGE / "engine.py")
+    row = next(i for i, line in enumerate(source.lines, 1) if "self._seq = 0" in line)
+    m = script.Mutant(
+        "j", "engine.py", "core/NumberReplacer", start=(row, 8), end=(row, 20), source=source
+    )
+    m.diff = "--- a\n+++ b\n-        self._seq = 0\n+        self._seq = 1\n"
+    assert m.definition == "Engine.__init__"
+    assert m.mutated == "self._seq = 1"
+    reason = script.reason_for(m, "verify", script.load_reasons())
+    assert reason is not None and reason["category"] == "equivalent"
+    m.operator = "AddNot"
+    assert script.reason_for(m, "verify", script.load_reasons()) is None
