@@ -228,7 +228,7 @@ sys.exit(0)
 '''
 
 
-def _write_commands(work: Path, mode: str, depth: int, cpu_limit: int) -> str:
+def _write_commands(work: Path, mode: str, depth: int, cpu_limit: int, tiers: int = 3) -> str:
     syntax_check = _SYNTAX_CHECK.format(files=_module_paths(FILES))
     if mode == "verify":
         script = _VERIFY_TEST.format(
@@ -240,7 +240,7 @@ def _write_commands(work: Path, mode: str, depth: int, cpu_limit: int) -> str:
         name = "verify_test.py"
     else:
         script = _SUITE_TEST.format(
-            cpu_limit=cpu_limit, tiers=suite_tiers(work), syntax_check=syntax_check
+            cpu_limit=cpu_limit, tiers=suite_tiers(work)[:tiers], syntax_check=syntax_check
         )
         name = "suite_test.py"
     (work / name).write_text(script, encoding="utf-8")
@@ -955,13 +955,21 @@ def report(session: Path, work: Path, mode: str, out: Any = sys.stdout) -> int:
         r = explained.get(m.job_id)
         label = "UNEXPLAINED" if r is None else f"{r['category']}: {r['reason']}"
         by_reason[label].append(m)
+    order = ("UNEXPLAINED", "gap", "bound", "outside", "equivalent")
     for label, ms in sorted(
-        by_reason.items(), key=lambda kv: (not kv[0].startswith("UNEX"), kv[0])
+        by_reason.items(), key=lambda kv: (order.index(kv[0].split(":")[0]), kv[0])
     ):
-        w(f"- {label} ({len(ms)})\n")
+        target = sum(1 for m in ms if in_target(m))
+        w(f"- **{label}** ({len(ms)}, {target} of the decision and health logic)\n")
+        lines: dict[tuple[str, int], list[Mutant]] = defaultdict(list)
         for m in ms:
-            extra = " (never executed)" if m.outcome == "not executed" else ""
-            w(f"  - `{m.where}` {m.definition} {m.operator}: `{m.line[:90]}`{extra}\n")
+            lines[m.file, m.start[0]].append(m)
+        for _where, group in sorted(lines.items()):
+            m = group[0]
+            extra = ", never executed" if all(g.outcome == "not executed" for g in group) else ""
+            into = sorted({g.mutated[:60] for g in group if g.mutated})
+            shown = "; ".join(f"`{t}`" for t in into[:4]) + (" ..." if len(into) > 4 else "")
+            w(f"  - `{m.where}` {m.definition}: `{m.line[:70]}` -> {shown} ({len(group)}{extra})\n")
     if unexplained:
         w(f"\n{len(unexplained)} survivor(s) without a reason in {REASONS.name}\n")
         return 1
@@ -1097,6 +1105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the session here (resumable)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
     parser.add_argument(
+        "--tiers",
+        type=int,
+        default=3,
+        choices=(1, 2, 3),
+        help="--mode suite: run only the first N tiers of the suite (3: all of it)",
+    )
+    parser.add_argument(
         "--sample", type=int, default=0, help="mutants of the decision and health logic to run"
     )
     parser.add_argument("--sample-other", type=int, default=0, help="mutants of the rest to run")
@@ -1142,7 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not session.exists():
             if not (work / "src").exists():
                 _prepare(work, args.mode)
-            command = _write_commands(work, args.mode, args.depth, 0)
+            command = _write_commands(work, args.mode, args.depth, 0, args.tiers)
             baseline = time.process_time()
             t0 = os.times()
             done = subprocess.run(
@@ -1162,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unmutated run: {cpu:.1f} CPU s ({done.stdout.strip()[-200:]})", flush=True)
             del baseline
             limit = args.cpu_limit or max(60, int(4 * cpu))
-            command = _write_commands(work, args.mode, args.depth, limit)
+            command = _write_commands(work, args.mode, args.depth, limit, args.tiers)
             _config(work, args.files, command)
             subprocess.run(
                 [_tool("cosmic-ray"), "init", str(config), str(session)], cwd=work, check=True
@@ -1174,6 +1189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plan:
             return report(session, work, args.mode)
         defer(session, work, args.only)
+        # a run stopped by a signal leaves its mutant applied: start clean
+        if (work / "pristine").is_dir():
+            for f in FILES:
+                shutil.copy2(work / "pristine" / f, work / "src" / PACKAGE / f)
         subprocess.run(
             [_tool("cosmic-ray"), "exec", str(config), str(session)],
             cwd=work,
