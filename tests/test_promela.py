@@ -11,11 +11,15 @@ from tests.verify_support import ROOT, require_spin, run_module
 from cortex_fsm.engine import Engine
 from cortex_fsm.errors import Outcome
 from cortex_fsm.fleet import ModelsReport, ModelStatus
+from cortex_fsm.health import Event, HealthTable
 from cortex_fsm.verify import promela
 from cortex_fsm.verify.promela import (
+    DIGITS,
+    HEALTH_EVENTS,
     OUTCOMES,
     AbstractionError,
     generate,
+    health_rows,
     model_map_tables,
     routing_table,
 )
@@ -43,17 +47,20 @@ def test_export_writes_the_model(tmp_path: Path) -> None:
 
 
 def _entry(table: list[int], catalogued: int, *digits: int) -> tuple[Outcome, int]:
-    index = catalogued + 2 * sum(d * 32**i for i, d in enumerate(digits))
+    index = catalogued + 2 * sum(d * DIGITS**i for i, d in enumerate(digits))
     return OUTCOMES[table[index] // 4], table[index] % 4
 
 
-def _digit(routable: int, status: int, fit: int, pin: int) -> int:
-    return routable + 2 * status + 8 * fit + 16 * pin
+DOWN, LIVE, EXCLUDED = range(3)
+
+
+def _digit(live: int, status: int, fit: int, pin: int) -> int:
+    return live + 3 * status + 12 * fit + 24 * pin
 
 
 def test_the_routing_table_is_decide() -> None:
     table = routing_table(2, 3)
-    assert len(table) == 2 * 32**2
+    assert len(table) == 2 * 48**2
     absent, loaded, unloaded, recovering = range(4)
     # n0 routable and fits, n1 down: cold load on n0
     assert _entry(table, 1, _digit(1, absent, 1, 0), _digit(0, absent, 1, 0)) == (
@@ -84,6 +91,21 @@ def test_the_routing_table_is_decide() -> None:
         Outcome.NO_HEALTHY_NODES,
         0,
     )
+    # both loaded, n0 excluded (a failover attempt): n1
+    assert _entry(table, 0, _digit(EXCLUDED, loaded, 0, 0), _digit(LIVE, loaded, 0, 0)) == (
+        Outcome.ROUTE_LOADED,
+        2,
+    )
+    # the only routable node excluded: no healthy node for this attempt
+    assert _entry(table, 0, _digit(EXCLUDED, loaded, 0, 0), _digit(DOWN, loaded, 0, 0)) == (
+        Outcome.NO_HEALTHY_NODES,
+        0,
+    )
+    # n1 fits but is excluded, n0 routable but too small: 503, never 404 (R1)
+    assert _entry(table, 1, _digit(LIVE, absent, 0, 0), _digit(EXCLUDED, absent, 1, 0)) == (
+        Outcome.FEASIBLE_NODE_UNHEALTHY,
+        0,
+    )
 
 
 def test_the_export_refuses_a_decide_that_depends_on_node_order(
@@ -91,8 +113,8 @@ def test_the_export_refuses_a_decide_that_depends_on_node_order(
 ) -> None:
     real = promela.decide
 
-    def first_seen(fleet, catalogue, requested, policy):  # type: ignore[no-untyped-def]
-        decision = real(fleet, catalogue, requested, policy)
+    def first_seen(fleet, catalogue, requested, policy, exclude):  # type: ignore[no-untyped-def]
+        decision = real(fleet, catalogue, requested, policy, exclude)
         holders = [
             n.name
             for n in fleet.holders("m")
@@ -124,6 +146,7 @@ def test_spin_checks_the_safety_invariants_and_liveness(tmp_path: Path) -> None:
     assert set(results) == {"safety", "liveness"}
     assert all(r.ok for r in results.values()), results
     assert results["safety"].states > 1_000_000
+    assert results["liveness"].states > 1_000_000
 
 
 def test_spin_finds_a_broken_model(tmp_path: Path) -> None:
@@ -143,14 +166,91 @@ def test_spin_finds_a_broken_model(tmp_path: Path) -> None:
 
 
 def test_the_model_map_tables_are_the_engine() -> None:
-    """A successful poll replaces the map (F1); a failed one keeps it."""
-    after_ok, after_failed = model_map_tables()
+    """A successful poll replaces the map (F1); a failed one and request
+    outcomes keep it."""
+    after_ok, after_failed, after_request = model_map_tables()
     n = len(promela.STATUSES)
     assert after_ok == [reported for _previous in range(n) for reported in range(n)]
     assert after_failed == list(range(n))
+    assert after_request == list(range(n))
     text = generate(nodes=1, threshold=1)
     assert "st[i] = AFTER_OK[st[i] * 4 + rep];" in text
     assert "AFTER_OK[4] = ABSENT;" in text  # held loaded, reported absent: gone
+
+
+def test_the_health_rows_are_the_engine() -> None:
+    """The node machines are read from a real engine in every state, for all four
+    events; with the defaults they are the health table's rows (passive health on)."""
+    for threshold in (1, 2, 3, 5):
+        table = HealthTable(threshold)
+        states = list(table.states)
+        rows = health_rows(threshold)
+        assert set(rows) == set(HEALTH_EVENTS) == set(Event)
+        for event, row in rows.items():
+            assert [states[i] for i in row] == [table.step(s, event) for s in states]
+    text = generate(nodes=1, threshold=2)
+    assert "NEXT_ROK[S_UNHEALTHY] = S_UNHEALTHY;" in text  # never revives (H5)
+    assert "NEXT_RFAILED[S_SUSPECT_1] = S_UNHEALTHY;" in text  # counts like a poll (H6)
+
+
+def test_the_export_refuses_an_engine_whose_request_outcomes_leave_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cortex_fsm.health import HealthState, Phase
+
+    def corrupt(self, node, t, ok, reason=""):  # type: ignore[no-untyped-def]
+        self._nodes[node].health = HealthState(phase=Phase.SUSPECT, failures=99)
+
+    monkeypatch.setattr(Engine, "observe_request", corrupt)
+    with pytest.raises(AbstractionError, match="leaves the machine"):
+        health_rows(3)
+
+
+def _spin_on(tmp_path: Path, text: str, name: str) -> list[object]:
+    model = tmp_path / f"{name}.pml"
+    model.write_text(text)
+    return list(run_spin(model, tmp_path / name, stop_at_first=True))
+
+
+def _broken(old: str, new: str, *, nodes: int = 2, threshold: int = 2) -> str:
+    text = generate(nodes=nodes, threshold=threshold)
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def test_spin_finds_a_request_ok_that_revives(tmp_path: Path) -> None:
+    """H5 has teeth in the model: request_ok taking unhealthy to healthy."""
+    require_spin()
+    text = _broken("NEXT_ROK[S_UNHEALTHY] = S_UNHEALTHY;", "NEXT_ROK[S_UNHEALTHY] = S_HEALTHY;")
+    results = _spin_on(tmp_path, text, "revive")
+    assert not results[0].ok and "H5" in results[0].detail, results  # type: ignore[attr-defined]
+
+
+def test_spin_finds_request_failures_that_do_not_count(tmp_path: Path) -> None:
+    """H6 has teeth in the model: a request failure that does not count."""
+    require_spin()
+    text = _broken(
+        "NEXT_RFAILED[S_SUSPECT_1] = S_UNHEALTHY;", "NEXT_RFAILED[S_SUSPECT_1] = S_SUSPECT_1;"
+    )
+    results = _spin_on(tmp_path, text, "uncounted")
+    assert not results[0].ok and "H6" in results[0].detail, results  # type: ignore[attr-defined]
+
+
+def test_spin_finds_a_decision_that_ignores_exclusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R9 has teeth in the model: a decide() that forgets its exclude set
+    chooses an excluded node (and is consistent about it, so the export's
+    soundness check lets it through to Spin)."""
+    require_spin()
+    real = promela.decide
+
+    def forgetful(fleet, catalogue, requested, policy, exclude):  # type: ignore[no-untyped-def]
+        return real(fleet, catalogue, requested, policy)
+
+    monkeypatch.setattr(promela, "decide", forgetful)
+    results = _spin_on(tmp_path, generate(nodes=2, threshold=2), "exclusion")
+    assert not results[0].ok and "R9" in results[0].detail, results  # type: ignore[attr-defined]
 
 
 def test_the_export_refuses_an_engine_that_keeps_stale_models(

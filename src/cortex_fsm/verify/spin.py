@@ -3,10 +3,12 @@
 Two searches of the same model:
 
 * **safety** -- ``-DSAFETY -DNOCLAIM``: every reachable state, every
-  assertion (H1-H4 after every poll, R1-R4, R6, R7 on every decision);
-* **liveness** -- the ``live`` LTL claim, acceptance cycles under weak
-  fairness (``pan -a -f``); without fairness a poller that never lets the
-  client run is a (spurious) counterexample.
+  assertion (H1-H6 and F1 after every node event, R1-R4, R6, R7 and R9 on
+  every decision, under every exclusion set);
+* **liveness** -- the ``live`` LTL claim (``spin -DLIVENESS``: the claim
+  and its observables), acceptance cycles under weak fairness (``pan -a
+  -f``); without fairness a node that never lets the client run is a
+  (spurious) counterexample.
 
 Needs ``spin`` and ``gcc`` on ``PATH`` (Debian: ``apt-get install -y spin gcc``).
 """
@@ -80,33 +82,47 @@ def _parse(name: str, text: str, compile_seconds: float, returncode: int) -> Spi
 
 
 def run_spin(model: Path, workdir: Path, *, stop_at_first: bool = False) -> list[SpinResult]:
-    """Generate, compile and run the safety and the liveness search of ``model``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "cortex.pml"
-    shutil.copyfile(model, source)
-    start = time.perf_counter()
-    subprocess.run(
-        ["spin", "-a", source.name], cwd=workdir, check=True, capture_output=True, text=True
-    )
-    builds = {
-        "safety": ["gcc", "-w", "-O2", "-DSAFETY", "-DNOCLAIM", "-o", "pan_safety", "pan.c"],
-        "liveness": ["gcc", "-w", "-O2", "-o", "pan_liveness", "pan.c"],
-    }
+    """Generate, compile and run the safety and the liveness search of ``model``.
 
-    def build(argv: list[str]) -> None:
-        subprocess.run(argv, cwd=workdir, check=True, capture_output=True, text=True)
+    Each search has its own ``spin -a`` run: the liveness observables exist
+    only under ``-DLIVENESS`` (in the safety search they would double every
+    state for nothing).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    searches = {
+        "safety": ([], ["-DSAFETY", "-DNOCLAIM"], [f"-m{DEPTH}"]),
+        "liveness": (["-DLIVENESS"], [], ["-a", "-f", f"-m{DEPTH}"]),
+    }
+    start = time.perf_counter()
+
+    def build(name: str) -> Path:
+        flags, cflags, _run = searches[name]
+        where = workdir / name
+        where.mkdir(exist_ok=True)
+        shutil.copyfile(model, where / "cortex.pml")
+        subprocess.run(
+            ["spin", *flags, "-a", "cortex.pml"], cwd=where, check=True, capture_output=True
+        )
+        subprocess.run(
+            ["gcc", "-w", "-O2", *cflags, "-o", "pan", "pan.c"],
+            cwd=where,
+            check=True,
+            capture_output=True,
+        )
+        return where
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(build, builds.values()))
+        built = dict(zip(searches, pool.map(build, searches), strict=True))
     compile_seconds = time.perf_counter() - start
-    runs = {
-        "safety": ["./pan_safety", f"-m{DEPTH}"],
-        "liveness": ["./pan_liveness", "-a", "-f", f"-m{DEPTH}"],
-    }
     results = []
-    for name, argv in runs.items():
+    for name, (_flags, _cflags, run) in searches.items():
         done = subprocess.run(
-            argv, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False
+            ["./pan", *run],
+            cwd=built[name],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
         )
         result = _parse(name, done.stdout + done.stderr, compile_seconds, done.returncode)
         results.append(result)
