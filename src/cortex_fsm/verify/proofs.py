@@ -217,8 +217,9 @@ _ORDER = (
     "catalogue_proofs.py",
     "routing_proofs.py",
     "engine_proofs.py",
+    "failover_proofs.py",
 )
-_SLOW_FIRST = ("routing_proofs.py", "engine_proofs.py")
+_SLOW_FIRST = ("failover_proofs.py", "routing_proofs.py", "engine_proofs.py")
 
 
 def _position(path: Path) -> int:
