@@ -133,7 +133,7 @@ def summary(trace: str | os.PathLike[str], overrides: Overrides = None) -> dict[
     with TraceReader(trace) as reader:
         adjust = _adjuster(overrides, "overrides")
         replayer = Replayer(reader.header, adjust(reader.header.policy), adjust)
-        replayer.run(reader.records(), None)
+        replayer.run_trace(reader, None)  # as replay() reads it (msgspec when installed)
         return summary_json(replayer.summary(events=reader.events, t_end=reader.last_t))
 
 
