@@ -164,3 +164,28 @@ async def test_health_readings_replace_the_load(anyio_backend: str) -> None:
         r.fakes["a"].set_queue("org/M", 0)
         await r.poller.poll_once(n)
         assert r.engine.snapshot().node("a").busy == {"org/M": 0}
+
+
+async def test_a_stopped_poller_records_no_answer_already_on_its_way(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """A reload that removes a node stops its poller; an answer that was already
+    on its way (the node's removal races it) must not reach the journal, which
+    no longer knows the node, nor a node of the same name added in its place."""
+    trace = tmp_path / "stop.jsonl"
+    async with rig([neuron("a", "org/M")], record=trace, start=False, timeout=5.0) as r:
+        (a,) = r.poller.neurons
+        await r.poller.poll_once(a)
+        assert r.poller.rounds == {"a": 1}
+        r.fakes["a"].stall(30)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(r.poller.poll_once, a)
+            await anyio.sleep(0.3)  # its /models request is out, and stalled
+            r.poller.stop()
+            r.fakes["a"].resume()  # the stalled answer arrives after the stop
+        assert r.poller.rounds == {"a": 1}
+        await r.poller.poll_once(a)  # and a stopped poller polls no more
+        assert r.poller.rounds == {"a": 1}
+    with TraceReader(trace) as reader:
+        polls = [type(e).__name__ for e in reader if getattr(e, "node", None) == "a"]
+    assert polls == ["DiscoveryEvent", "ModelsEvent", "HealthEvent"]

@@ -547,6 +547,7 @@ class Gateway:
     def _stop_polling(self, name: str) -> None:
         entry = self._pollers.pop(name, None)
         if entry is not None:
+            entry[0].stop()  # an answer already in is not recorded either
             entry[1].cancel()
 
     def _reopen_access_log(self, before: str | None) -> None:

@@ -61,6 +61,10 @@ _NEURON = BACKENDS["neuron"]
 _MODELS = "models"  # the key of a models poll's problem (whichever path failed)
 
 
+class _Stopped(Exception):
+    """The poller was stopped while an answer was on its way: the answer is dropped."""
+
+
 class Poller:
     """Polls ``neurons`` until cancelled (run it in a task group).
 
@@ -93,6 +97,8 @@ class Poller:
         }
         self.rounds: dict[str, int] = {n.name: 0 for n in self.neurons}
         """Completed poll rounds per neuron."""
+        self.stopped = False
+        """Set by :meth:`stop`: no answer that arrives later is recorded."""
         self._problems: dict[tuple[str, str], str] = {}
         self._known: dict[str, tuple[str, ...]] = {}
         self._kind_checked: set[str] = set()
@@ -103,9 +109,19 @@ class Poller:
             for neuron in self.neurons:
                 tg.start_soon(self._loop, neuron, name=f"poll {neuron.name}")
 
+    def stop(self) -> None:
+        """Record nothing more, even an answer already on its way.
+
+        Cancelling the poller's task is not enough on its own: an answer that
+        is already in when the cancellation is requested lets the task run on
+        to its next ``await``, and it would record the answer of a node that a
+        reload has just removed (or replaced).
+        """
+        self.stopped = True
+
     async def _loop(self, neuron: Neuron) -> None:
         due = anyio.current_time()
-        while True:
+        while not self.stopped:
             await self.poll_once(neuron)
             now = anyio.current_time()
             due = max(due + self.interval, now)
@@ -114,18 +130,24 @@ class Poller:
     async def _get(self, node: Upstream, path: str) -> Answer:
         try:
             with anyio.fail_after(self.timeout):
-                return await self.client.get(node, path)
+                answer = await self.client.get(node, path)
         except TimeoutError:
-            return Answer.failed(path, "timeout")
+            answer = Answer.failed(path, "timeout")
+        if self.stopped:
+            raise _Stopped
+        return answer
 
     async def poll_once(self, neuron: Neuron) -> None:
-        """One round for ``neuron``, in the protocol of its kind."""
+        """One round for ``neuron``, in the protocol of its kind (nothing once stopped)."""
         node = self.upstreams[neuron.name]
         kind = BACKENDS[node.kind]
-        if kind.daemon:
-            await self._poll_neuron(node)
-        else:
-            await self._poll_backend(node, kind)
+        try:
+            if kind.daemon:
+                await self._poll_neuron(node)
+            else:
+                await self._poll_backend(node, kind)
+        except _Stopped:
+            return
         self.rounds[node.name] += 1
 
     async def _poll_neuron(self, node: Upstream) -> None:
