@@ -14,8 +14,15 @@ is never touched), and runs a test command against each:
     exceeds a CPU limit of four times the unmutated run.
 ``--mode suite``
     the whole test suite, in tiers (:func:`suite_tiers`: the fast tests of
-    the core first, the slow verification checks last), each ``pytest -x``,
-    on a seeded sample of the mutants (``--sample``, ``--sample-other``).
+    the core first, the slow verification checks last), each ``pytest -x``;
+    ``--tiers N`` runs only the first N (a lower bound of the suite's score).
+
+A seeded, stratified sample (``--sample`` of the decision and health logic,
+``--sample-other`` of the rest, ``--seed``) can stand for all the mutants;
+the report then gives a 95 % interval. ``--recheck`` (verify mode) runs
+``cortex-fsm verify`` at its default bound, through its command line, on the
+survivors of the smaller bound that have no recorded reason; the report
+counts those it kills in a "default bound" column.
 
 Before anything runs, two kinds of mutant are set aside, mechanically:
 
@@ -29,14 +36,18 @@ Before anything runs, two kinds of mutant are set aside, mechanically:
   survives; it is reported as a survivor without spending a run on it.
 
 Every survivor is printed, and each must have a reason in
-``benchmarks/mutation_survivors.toml`` (equivalent -- and why --, or outside
-the decision and health logic and why); the script exits 1 when one has
-none, so a new survivor cannot go unexplained.
+``benchmarks/mutation_survivors.toml`` (equivalent -- and why --, outside the
+logic the command judges, or a gap, closed or open); the script exits 1 when
+one has none, so a new survivor cannot go unexplained. docs/verification.md
+("Mutation score") gives the measured numbers and every survivor.
 
 Usage (from the repository root; slow -- run it at low priority)::
 
-    nice -n 19 python benchmarks/mutation.py --mode verify [--workdir DIR]
-    nice -n 19 python benchmarks/mutation.py --mode suite --sample 150 [--workdir DIR]
+    nice -n 19 python benchmarks/mutation.py --mode verify --workdir DIR \
+        --sample 150 --sample-other 60 --seed 13
+    nice -n 19 python benchmarks/mutation.py --mode verify --workdir DIR --recheck 0
+    nice -n 19 python benchmarks/mutation.py --mode suite --workdir DIR2 --tiers 1 \
+        --sample 20 --sample-other 10 --seed 13
     python benchmarks/mutation.py --mode verify --workdir DIR --report   # print again
 
 A ``--workdir`` keeps the session (a cosmic-ray SQLite database): running the
