@@ -348,13 +348,24 @@ def kill_matrix(
     *,
     jobs: int = 1,
     python: str = sys.executable,
+    select: Mapping[str, Sequence[str]] | None = None,
 ) -> list[tuple[Mutant, dict[str, Verdict]]]:
-    """Every mutant against every technique (``jobs`` mutants at a time)."""
+    """Every mutant against every technique (``jobs`` mutants at a time).
+
+    ``select`` (mutant name -> techniques) runs only those of ``techniques``
+    on that mutant; the cells left out are "not run" in the rendered matrix.
+    """
     for name in techniques:
         if name not in RUNNERS:
             raise ValueError(f"unknown technique {name!r} (known: {', '.join(RUNNERS)})")
+
+    def chosen(mutant: Mutant) -> tuple[str, ...]:
+        if select is None or mutant.name not in select:
+            return tuple(techniques)
+        return tuple(t for t in techniques if t in select[mutant.name])
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(lambda m: run_mutant(m, root, techniques, python=python), mutants))
+        results = list(pool.map(lambda m: run_mutant(m, root, chosen(m), python=python), mutants))
     return list(zip(mutants, results, strict=True))
 
 
@@ -371,8 +382,10 @@ def render_matrix(
         cells = []
         for name in techniques:
             v = verdicts.get(name)
-            if v is None or v.caught is None:
-                cell = "n/a" if v is None else f"n/a ({v.detail})"
+            if v is None:
+                cell = "not run"
+            elif v.caught is None:
+                cell = f"n/a ({v.detail})"
             elif v.caught:
                 cell = f"yes ({v.detail})" if details and v.detail else "yes"
             else:
