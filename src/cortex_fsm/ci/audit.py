@@ -69,6 +69,7 @@ from ..verify.invariants import (
     spec_model,
 )
 from ..verify.monitor import Monitor, NodeMonitor, _attempt_result
+from .check import gh_escape
 
 __all__ = [
     "AUDITED",
@@ -495,13 +496,6 @@ def audit(path: str | os.PathLike[str], *, limit: int | None = None) -> list[Vio
 # --- the command ------------------------------------------------------------------------------
 
 
-def _gh(text: str, *, prop: bool = False) -> str:
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    if prop:
-        text = text.replace(":", "%3A").replace(",", "%2C")
-    return text
-
-
 def render(violations: Sequence[Violation], fmt: str = "text", *, limit: int | None = None) -> str:
     """Violations as ``text`` lines, one ``json`` array, or ``github`` annotations."""
     if fmt == "json":
@@ -509,11 +503,11 @@ def render(violations: Sequence[Violation], fmt: str = "text", *, limit: int | N
     lines = []
     for v in violations:
         if fmt == "github":
-            props = f"file={_gh(v.file, prop=True)}"
+            props = f"file={gh_escape(v.file, prop=True)}"
             if v.line is not None:
                 props += f",line={v.line}"
-            props += f",title={_gh(f'cortex-fsm audit {v.invariant}', prop=True)}"
-            lines.append(f"::error {props}::{_gh(v.message)}")
+            props += f",title={gh_escape(f'cortex-fsm audit {v.invariant}', prop=True)}"
+            lines.append(f"::error {props}::{gh_escape(v.message)}")
         else:
             lines.append(str(v))
     if not violations:

@@ -465,7 +465,8 @@ def startup_errors(path: str | os.PathLike[str]) -> list[Problem]:
 # --- output -------------------------------------------------------------------------------
 
 
-def _gh_escape(text: str, *, prop: bool = False) -> str:
+def gh_escape(text: str, *, prop: bool = False) -> str:
+    """``text`` escaped for a GitHub workflow command (``prop``: as a property value)."""
     text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     if prop:
         text = text.replace(":", "%3A").replace(",", "%2C")
@@ -484,11 +485,11 @@ def render(problems: Sequence[Problem], fmt: str = "text") -> str:
     lines = []
     for p in problems:
         if fmt == "github":
-            props = f"file={_gh_escape(p.file, prop=True)}"
+            props = f"file={gh_escape(p.file, prop=True)}"
             if p.line is not None:
                 props += f",line={p.line}"
-            props += f",title={_gh_escape(f'cortex-fsm {p.code}', prop=True)}"
-            text = _gh_escape(f"{p.key}: {p.message}")
+            props += f",title={gh_escape(f'cortex-fsm {p.code}', prop=True)}"
+            text = gh_escape(f"{p.key}: {p.message}")
             lines.append(f"::{_GH_LEVEL[p.severity]} {props}::{text}")
         else:
             where = p.file if p.line is None else f"{p.file}:{p.line}"
