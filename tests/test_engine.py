@@ -134,6 +134,22 @@ def test_route_touches_last_accessed_and_counts() -> None:
     assert stats.states == {"a": "healthy"}
 
 
+def test_decisions_are_counted_per_outcome_across_the_rules_that_give_it() -> None:
+    """Rules 5b and 13 both answer feasible_node_unhealthy: statistics() sums
+    them (it once kept only one rule's count per outcome)."""
+    engine = make_engine(["a", "b"], [Profile(id="m", min_devices=2)])
+    engine.observe_discovery("a", 0.0, parse_discovery(discovery_body(24000, 24000)))
+    up(engine, "b", {})
+    assert engine.route("m", 1.0).rule == "5b"  # a is feasible but never answered
+    up(engine, "a", {"m": "loaded"})
+    for t in (2.0, 3.0, 4.0):
+        engine.observe_models("a", t, PollFailure(reason="timeout"))
+    assert engine.route("m", 5.0).rule == "13"  # a is down, known to hold m
+    assert engine.route("m", 6.0).rule == "13"
+    stats = engine.statistics()
+    assert stats.decisions == {"feasible_node_unhealthy": 3}
+
+
 def test_eviction_candidate_is_lru_among_unpinned_loaded() -> None:
     engine = make_engine(["a"], [Profile(id="pinned", pinned_on=("a",))])
     up(engine, "a", {"x": "loaded", "y": "loaded", "z": "unloaded", "pinned": "loaded"})

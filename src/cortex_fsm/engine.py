@@ -751,6 +751,10 @@ class Engine:
         )
 
     def statistics(self) -> Statistics:
+        decisions: dict[str, int] = {}
+        for rule, n in self._decisions.items():  # several rules share an outcome
+            outcome = RULE_OUTCOME[rule].value
+            decisions[outcome] = decisions.get(outcome, 0) + n
         return Statistics(
             polls_ok=self._polls_ok,
             polls_failed=self._polls_failed,
@@ -759,9 +763,7 @@ class Engine:
             health_readings=self._health_readings,
             health_invalid=self._health_invalid,
             transitions=self._transitions,
-            decisions=dict(
-                sorted((RULE_OUTCOME[rule].value, n) for rule, n in self._decisions.items())
-            ),
+            decisions=dict(sorted(decisions.items())),
             states={name: rec.health.label for name, rec in sorted(self._nodes.items())},
         )
 
