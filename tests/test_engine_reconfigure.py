@@ -1,5 +1,6 @@
 """A catalogue reload (``Engine.reconfigure``) rebuilds which nodes are
-feasible for each profile from the discoveries the engine holds.
+feasible for each profile from the discoveries the engine holds; a policy
+reload keeps every health state as it was.
 
 Found by the mutation score (benchmarks/mutation.py): no world of the model
 checker reloads, and the core's tests let a reload that forgets every
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from tests.helpers import make_engine, up
 
-from cortex_fsm import Profile
+from cortex_fsm import Policy, Profile
 from cortex_fsm.catalogue import Catalogue
+from cortex_fsm.fleet import ModelsReport
 
 
 def test_a_new_profile_is_feasible_on_the_nodes_already_discovered() -> None:
@@ -26,3 +28,15 @@ def test_a_new_profile_is_feasible_on_the_nodes_already_discovered() -> None:
     )
     after = engine.decide("n")
     assert after.cold_start and after.node == "a"
+
+
+def test_a_policy_reload_leaves_no_transition_where_the_state_stays() -> None:
+    """After a new policy (same threshold), a poll of a healthy node changes
+    nothing: no transition from healthy to healthy, none counted."""
+    engine = make_engine(["a"], [Profile(id="m")])
+    up(engine, "a", {})
+    counted = engine.statistics().transitions
+    engine.reconfigure(1.0, policy=Policy().with_values({"load": "reported"}))
+    assert engine.observe_models("a", 2.0, ModelsReport(models={})) is None
+    assert engine.statistics().transitions == counted
+    assert engine.state("a").label == "healthy"

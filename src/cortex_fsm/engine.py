@@ -687,10 +687,14 @@ class Engine:
         if policy is not None:
             self.policy = policy
             self._use_policy(policy)
-            states = set(self._table.states)
+            # The new table's own state objects: its transitions compare states
+            # by identity, so an equal state of the old table would make the
+            # next event look like a change (a transition from healthy to healthy).
+            states = {s: s for s in self._table.states}
             for rec in self._nodes.values():
                 before = rec.health
                 if before in states:
+                    rec.health = states[before]
                     continue
                 after = HealthState(phase=Phase.UNHEALTHY)
                 moved.append(self._move(rec, before, after, "reconfigured", t))
