@@ -15,7 +15,8 @@ import attrs
 import pytest
 from tests.helpers import load, make_engine, poll_ok, up
 
-from cortex_fsm import Policy, Profile
+from cortex_fsm import Neuron, Policy, Profile
+from cortex_fsm.fleet import PollFailure
 from cortex_fsm.routing import decide
 
 NODES = ["a", "b", "c", "d"]
@@ -53,3 +54,69 @@ def test_cached_decisions_equal_decisions_over_a_snapshot(mode: str, seed: int) 
         snapshot = engine.snapshot()
         for name in requested:
             assert engine.decide(name) == decide(snapshot, engine.catalogue, name, engine.policy)
+
+
+@pytest.mark.parametrize("mode", ["reported", "max"])
+@pytest.mark.parametrize("seed", range(6))
+def test_routed_requests_equal_decisions_over_a_snapshot(mode: str, seed: int) -> None:
+    """Route alone (no ``decide`` in between to fill the cache): every routed
+    request's decision -- often rule 2's pick among the kept live loaded
+    replicas -- equals the pure decision over a snapshot taken just before,
+    across everything that moves loads or replicas: readings, polls that
+    change statuses, failures that make nodes unroutable, loads and unloads,
+    outcomes, failover excludes, nodes leaving and joining, reconfiguration."""
+    rng = random.Random(100 + seed)
+    names = [*NODES, "e", "f"]
+    engine = make_engine(names, [Profile(id=m) for m in MODELS], aliases={"alias": "m"})
+    engine.reconfigure(0.0, policy=attrs.evolve(Policy(), load=mode))
+    statuses = ["loaded", "loaded", "loaded", "loaded", "reloading", "unloaded", "recovering"]
+    for node in names:
+        up(engine, node, {m: "loaded" for m in MODELS if rng.random() < 0.6})
+    requested = [*MODELS, "alias", "unknown"]
+    open_keys: list[tuple[str, int]] = []
+    gone: list[str] = []
+    for step in range(1500):
+        t = float(step)
+        what = rng.random()
+        present = [n for n in names if engine.has_node(n)]
+        node = rng.choice(present)
+        if what < 0.5:
+            name = rng.choice(requested)
+            exclude = frozenset(rng.sample(present, rng.randint(1, 2))) if what < 0.05 else None
+            expected = decide(
+                engine.snapshot(), engine.catalogue, name, engine.policy, exclude or frozenset()
+            )
+            key = (f"r{step}", 1)
+            got = engine.route(name, t, exclude or frozenset(), key=key)
+            assert got == expected, (step, name, exclude)
+            if got.node is not None:
+                open_keys.append(key)
+        elif what < 0.7 and open_keys:
+            key = open_keys.pop(rng.randrange(len(open_keys)))
+            engine.observe_outcome(key, t, node=node, ok=rng.random() < 0.9, reason="connect")
+        elif what < 0.8:
+            load(engine, node, {m: rng.randint(0, 3) for m in MODELS if rng.random() < 0.5}, t)
+        elif what < 0.85:
+            poll_ok(
+                engine, node, {m: rng.choice(statuses) for m in MODELS if rng.random() < 0.8}, t
+            )
+        elif what < 0.88:
+            engine.observe_models(node, t, PollFailure(reason="connect"))
+        elif what < 0.91:
+            engine.observe_load(node, t, rng.choice(MODELS), ok=rng.random() < 0.8)
+        elif what < 0.93:
+            engine.observe_unload(node, t, rng.choice(MODELS), ok=True)
+        elif what < 0.95:
+            engine.finish(node, rng.choice(MODELS))
+        elif what < 0.96 and len(present) > 2:
+            engine.remove_neuron(node, t)
+            gone.append(node)
+        elif what < 0.97 and gone:
+            back = gone.pop()
+            engine.add_neuron(Neuron(name=back, endpoint=f"http://{back}:13131"), t)
+            up(engine, back, {m: "loaded" for m in MODELS if rng.random() < 0.6}, t=t)
+        elif what < 0.975:
+            other = "reported" if engine.policy.load == "max" else "max"
+            engine.reconfigure(t, policy=attrs.evolve(engine.policy, load=other))
+        else:
+            poll_ok(engine, node, {m: "loaded" for m in MODELS if rng.random() < 0.7}, t)

@@ -24,8 +24,16 @@ on changes: the model's entries (added, removed, status), a holder's load
 reading, local in-flight count or recency for it, or -- rarely, so the whole
 cache goes -- any node's routability or topology, the fleet or the
 configuration. Between polls, requests for the same model therefore cost one
-dictionary lookup (under ``load = "max"`` every routed request changes its
-model's loads, so there the cache only saves repeated questions).
+dictionary lookup.
+
+Under ``load = "max"`` every routed request changes its model's loads (its
+replica's local count and recency, §8), so the cached decision goes at once.
+What stays is the set it was picked from: for a rule 2 decision the engine
+keeps the model's live loaded replicas, which only entries and routability
+change -- a load or a recency never does, and with a live loaded replica no
+other condition can change the row (``routing.route_loaded``). So the next
+request for the model is only the pick among those replicas (least load,
+then least recently chosen, then name), not a whole decision.
 
 Request outcomes (§6) and fleet changes (§12) are observations like any
 other: :meth:`Engine.observe_request`, :meth:`Engine.finish`,
@@ -57,7 +65,7 @@ from .fleet import (
 )
 from .health import UNKNOWN, Event, HealthState, HealthTable, Phase
 from .policy import Policy
-from .routing import NO_EXCLUDE, RULE_OUTCOME, RULES, Decision, Pick, decide
+from .routing import NO_EXCLUDE, RULE_OUTCOME, RULES, Decision, Pick, decide, route_loaded
 from .wire import Invalid, parse_health, parse_models
 
 __all__ = ["Engine", "NodeStatus", "Statistics", "Transition"]
@@ -161,6 +169,9 @@ _NO_HOLDERS: dict[str, _Node] = {}
 #: The rules whose pick depends on the replicas' loads (rule 2's).
 _LOAD_PICKED = frozenset(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
 _CACHE_LIMIT = 1 << 16
+#: Rule 2's label, and the statuses of the replicas its pick ranges over.
+_LOADED_RULE = next(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
+_SERVING = frozenset({ModelStatus.LOADED, ModelStatus.RELOADING})
 
 
 def _wrong_type(method: str, expected: str, value: object) -> TypeError:
@@ -197,6 +208,9 @@ class Engine:
         self._transitions = 0
         self._decisions: Counter[str] = Counter()
         self._cache: dict[str, Decision] = {}
+        #: requested name -> (model, its live loaded/reloading replicas by name,
+        #: rule 2's decision for each): kept while only loads and recency move
+        self._picks: dict[str, tuple[str, tuple[str, ...], tuple[Decision, ...]]] = {}
         self._seq = 0  # the sequence number of the last routed request (§8 recency)
         #: attempts routed under a key and awaiting their outcome: key -> (node, model)
         self._open: dict[tuple[str, int], tuple[str, str]] = {}
@@ -262,7 +276,7 @@ class Engine:
             self._discoveries_ignored += 1
             return False
         self._discoveries += 1
-        self._cache.clear()
+        self._forget()
         rec.discovery = result
         for profile in self.catalogue.profiles.values():
             members = self._feasible[profile.id]
@@ -349,7 +363,7 @@ class Engine:
         if routable is not rec.routable:
             rec.routable = routable
             self._routable += 1 if routable else -1
-            self._cache.clear()
+            self._forget()
         self._transitions += 1
         return Transition(node=rec.name, from_=before, to=after, cause=cause, t=t)
 
@@ -375,8 +389,27 @@ class Engine:
                     invalidate(model)
         rec.models = new
 
+    def _forget(self) -> None:
+        """Forget every cached decision and every kept set of replicas."""
+        self._cache.clear()
+        self._picks.clear()
+
     def _invalidate(self, model: str) -> None:
-        """Forget cached decisions for ``model`` (requested by its id or an alias)."""
+        """Forget cached decisions for ``model`` (requested by its id or an
+        alias), and its live loaded replicas: its entries have changed."""
+        cache = self._cache
+        picks = self._picks
+        if cache or picks:
+            cache.pop(model, None)
+            picks.pop(model, None)
+            for alias in self._aliases_of.get(model, ()):
+                cache.pop(alias, None)
+                picks.pop(alias, None)
+
+    def _loads_moved(self, model: str) -> None:
+        """Forget cached decisions for ``model``: a replica's local count or
+        recency moved. Its live loaded replicas stay what they were, so the
+        next decision is only rule 2's pick among them (:meth:`_pick`)."""
         cache = self._cache
         if cache:
             cache.pop(model, None)
@@ -509,7 +542,7 @@ class Engine:
             del rec.local[model]
         else:
             rec.local[model] = n - 1
-        self._invalidate(model)
+        self._loads_moved(model)
 
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
         """The outcome of a cold load: on success the entry is ``loaded`` at once."""
@@ -544,12 +577,72 @@ class Engine:
             return decide(self, self.catalogue, requested, self.policy, _frozen(exclude))
         decision = self._cache.get(requested)
         if decision is None:
-            decision = decide(self, self.catalogue, requested, self.policy)
+            decision = self._decide(requested)
             cache = self._cache
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[requested] = decision
         return decision
+
+    def _decide(self, requested: str) -> Decision:
+        """The decision for ``requested`` (no exclude) when none is cached: rule
+        2's pick among the kept live loaded replicas, or else the full decision
+        (whose replicas are then kept, when it is rule 2's)."""
+        kept = self._picks.get(requested)
+        if kept is not None:
+            return self._pick(*kept)
+        decision = decide(self, self.catalogue, requested, self.policy)
+        if decision.rule == _LOADED_RULE:
+            self._keep(requested, decision.model)
+        return decision
+
+    def _keep(self, requested: str, model: str) -> None:
+        """Keep ``model``'s live loaded/reloading replicas, in name order, with
+        rule 2's decision for each."""
+        names = tuple(
+            sorted(
+                rec.name
+                for rec in self._holders.get(model, _NO_HOLDERS).values()
+                if rec.routable and rec.models[model].status in _SERVING
+            )
+        )
+        policy = self.policy
+        picks = self._picks
+        if len(picks) >= _CACHE_LIMIT:
+            picks.clear()
+        picks[requested] = (
+            model,
+            names,
+            tuple(route_loaded(requested, model, name, policy) for name in names),
+        )
+
+    def _pick(
+        self, model: str, names: tuple[str, ...], decisions: tuple[Decision, ...]
+    ) -> Decision:
+        """Rule 2's pick among ``names`` (live loaded replicas of ``model``, in
+        name order): least load, then least recently chosen, then name -- the
+        key :func:`~cortex_fsm.routing.decide` uses (docs/semantics.md §8).
+        Names ascend, so the first of equal keys has the smallest name."""
+        nodes = self._nodes
+        best = i = 0
+        best_load = best_recency = 0
+        if self._count_local:
+            for name in names:
+                rec = nodes[name]
+                load = rec.busy.get(model, 0)
+                local = rec.local.get(model, 0)
+                load = local if local > load else load  # max() costs a call
+                recency = rec.chosen.get(model, -1)
+                if not i or load < best_load or (load == best_load and recency < best_recency):
+                    best, best_load, best_recency = i, load, recency
+                i += 1
+        else:
+            for name in names:
+                load = nodes[name].busy.get(model, 0)
+                if not i or load < best_load:
+                    best, best_load = i, load
+                i += 1
+        return decisions[best]
 
     def route(
         self,
@@ -573,11 +666,14 @@ class Engine:
             if cached is not None:
                 decision = cached
             else:
-                decision = decide(self, self.catalogue, requested, self.policy)
-                cache = self._cache
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[requested] = decision
+                decision = self._decide(requested)
+                # Under load = "max" a routed request moves its replica's count
+                # and recency below, which would drop the decision at once.
+                if decision.node is None or not self._count_local:
+                    cache = self._cache
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[requested] = decision
         self._decisions[decision.rule] += 1  # by rule: a str, cheap to hash
         node = decision.node
         if node is not None:
@@ -590,7 +686,7 @@ class Engine:
                 rec.local[model] = rec.local.get(model, 0) + 1
                 self._seq += 1
                 rec.chosen[model] = self._seq
-                self._invalidate(model)
+                self._loads_moved(model)
                 if key is not None:
                     earlier = self._open.pop(key, None)
                     if earlier is not None:  # a key reused without its outcome
@@ -667,7 +763,7 @@ class Engine:
             self._stale.add(key)
         del self._nodes[name]
         self.neurons = tuple(n for n in self.neurons if n.name != name)
-        self._cache.clear()
+        self._forget()
 
     def reconfigure(
         self, t: float, *, catalogue: Catalogue | None = None, policy: Policy | None = None
@@ -707,7 +803,7 @@ class Engine:
                     for profile in catalogue.profiles.values():
                         if feasible(profile, rec.name, rec.discovery):
                             self._feasible[profile.id][rec.name] = rec
-        self._cache.clear()
+        self._forget()
         return moved
 
     # --- reading ----------------------------------------------------------------------------

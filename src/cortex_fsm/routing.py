@@ -92,6 +92,7 @@ __all__ = [
     "RoutingTableError",
     "decide",
     "matching_rules",
+    "route_loaded",
 ]
 
 
@@ -436,6 +437,19 @@ def decide(
         chosen = unloaded
     else:  # FIRST_RECOVERING: not a route; the node is named in the error
         chosen = recovering
+    return _interned(requested, model, rule, chosen=chosen, policy=policy, exclude=exclude)
+
+
+def _interned(
+    requested: str,
+    model: str,
+    rule: Rule,
+    *,
+    chosen: str | None,
+    policy: Policy,
+    exclude: frozenset[str],
+) -> Decision:
+    """The one Decision object for these values (built on first use)."""
     # policy.retry_after(rule.outcome), without hashing the enum on the hot path
     retry_key = _RETRY_KEY[rule.rule]
     retry = None if retry_key is None else int(getattr(policy, retry_key))
@@ -444,7 +458,7 @@ def decide(
     if decision is None:
         if len(_INTERNED) >= _INTERN_LIMIT:
             _INTERNED.clear()
-        if pick is Pick.FIRST_RECOVERING:
+        if rule.pick is Pick.FIRST_RECOVERING:
             decision = Decision(
                 requested=requested,
                 model=model,
@@ -474,6 +488,32 @@ _RETRY_KEY: Mapping[str, str | None] = {
 }
 _INTERNED: dict[tuple[str, str, str, str | None, int | None, frozenset[str]], Decision] = {}
 _INTERN_LIMIT = 1 << 16
+
+
+def _loaded_row() -> Rule:
+    """Rule 2's row, checked to be the only one wherever both ``ANY_ROUTABLE`` and
+    ``LOADED`` hold: then no other condition matters."""
+    both = _BIT_A | _BIT_L
+    rows = {id(row): row for mask, row in enumerate(_BY_MASK) if mask & both == both}
+    row = next(iter(rows.values()))
+    if len(rows) != 1 or row.pick is not Pick.LEAST_BUSY_LOADED:
+        raise RoutingTableError("a live loaded replica does not decide the row on its own")
+    return row
+
+
+_LOADED_ROW = _loaded_row()
+
+
+def route_loaded(requested: str, model: str, node: str, policy: Policy) -> Decision:
+    """The decision :func:`decide` gives for ``requested`` (``model`` after the
+    alias lookup) with no ``exclude``, when a live node has ``model`` loaded
+    or reloading and rule 2's pick among those replicas is ``node``.
+
+    A live loaded replica makes ``ANY_ROUTABLE`` and ``LOADED`` true, which
+    alone select rule 2's row (checked at import); so a caller that keeps the
+    set of live loaded replicas needs only the pick, not the table.
+    """
+    return _interned(requested, model, _LOADED_ROW, chosen=node, policy=policy, exclude=NO_EXCLUDE)
 
 
 def _cold_load(
