@@ -217,6 +217,7 @@ class Engine:
         #: keys of attempts whose node left the fleet: their outcome is forgotten too
         self._stale: set[tuple[str, int]] = set()
         self._aliases_of: dict[str, list[str]] = {}
+        self._cache_keys: dict[str, tuple[str, ...]] = {}
         self._index_aliases()
 
     def _use_policy(self, policy: Policy) -> None:
@@ -233,6 +234,8 @@ class Engine:
         self._aliases_of = {}
         for alias, target in self.catalogue.aliases.items():
             self._aliases_of.setdefault(target, []).append(alias)
+        #: model id -> the names its decisions are cached under: itself and its aliases
+        self._cache_keys = {m: (m, *aliases) for m, aliases in self._aliases_of.items()}
 
     # --- the routing view (routing.FleetView) ------------------------------------------------
 
@@ -425,11 +428,14 @@ class Engine:
     def observe_health(self, node: str, t: float, result: Mapping[str, int] | Invalid) -> None:
         """A ``/health`` answer: per-model ``in_flight + queue_depth``, replaced whole."""
         rec = self._node(node)
-        if isinstance(result, Invalid):
-            self._health_invalid += 1
-            return
-        if not isinstance(result, Mapping):
-            raise _wrong_type("observe_health", "a mapping or Invalid (see parse_health)", result)
+        if type(result) is not dict:  # a dict is the common case: no more checks
+            if isinstance(result, Invalid):
+                self._health_invalid += 1
+                return
+            if not isinstance(result, Mapping):
+                raise _wrong_type(
+                    "observe_health", "a mapping or Invalid (see parse_health)", result
+                )
         self._health_readings += 1
         rec.health_body = None
         self._replace_busy(rec, dict(result))
@@ -438,21 +444,24 @@ class Engine:
         old = rec.busy
         rec.busy = new
         cache = self._cache
-        if not cache or new == old:
+        # A node that takes no requests is no replica of any decision's pick
+        # (see _load_moved): its readings change no cached decision.
+        if not cache or not rec.routable or new == old:
             return
         # No reading counts as 0, so compare per model with that default; a
         # model with no cached decision (by its id or an alias) needs nothing.
         aliases_of = self._aliases_of
         for model, busy in new.items():
-            if (model in cache or model in aliases_of) and old.get(model, 0) != busy:
-                self._load_moved(rec, model, old.get(model, 0))
+            before = old.get(model, 0)
+            if busy != before and (model in cache or model in aliases_of):
+                self._load_moved(rec, model, before)
         for model, busy in old.items():
-            if busy and (model in cache or model in aliases_of) and model not in new:
+            if busy and model not in new and (model in cache or model in aliases_of):
                 self._load_moved(rec, model, busy)
 
     def _load_moved(self, rec: _Node, model: str, before: int) -> None:
         """``rec``'s reported load of ``model`` was ``before`` and has changed:
-        forget the cached decisions it can change.
+        forget the cached decisions it can change. ``rec`` is routable.
 
         A load enters a decision only as the key of rule 2's pick among the
         live loaded replicas (least load, then least recently chosen, then
@@ -462,27 +471,26 @@ class Engine:
         or when it is another replica whose key is still above the chosen
         one's. Anything else is dropped, and decided again when asked.
         """
-        cache = self._cache
-        cached = cache.get(model)
-        if cached is not None and self._pick_may_move(rec, model, before, cached):
-            del cache[model]
-        aliases = self._aliases_of.get(model)
-        if aliases:
-            for alias in aliases:
-                cached = cache.get(alias)
-                if cached is not None and self._pick_may_move(rec, model, before, cached):
-                    del cache[alias]
-
-    def _pick_may_move(self, rec: _Node, model: str, before: int, cached: Decision) -> bool:
-        """Can ``rec``'s load of ``model`` moving from ``before`` change ``cached``?"""
-        if cached.model != model or cached.rule not in _LOAD_PICKED:
-            return False
         entry = rec.models.get(model)
-        if not rec.routable or entry is None:
-            return False
+        if entry is None:
+            return
         status = entry.status
         if status is not ModelStatus.LOADED and status is not ModelStatus.RELOADING:
-            return False
+            return  # not a replica rule 2 picks from
+        cache = self._cache
+        for key in self._cache_keys.get(model) or (model,):
+            cached = cache.get(key)
+            if (
+                cached is not None
+                and cached.rule in _LOAD_PICKED
+                and cached.model == model
+                and self._pick_may_move(rec, model, before, cached)
+            ):
+                del cache[key]
+
+    def _pick_may_move(self, rec: _Node, model: str, before: int, cached: Decision) -> bool:
+        """Can the load of ``model`` on ``rec`` (a live loaded replica) moving
+        from ``before`` change ``cached`` (a rule 2 decision for ``model``)?"""
         if cached.node == rec.name:  # only the load part of its key moved
             now = rec.busy.get(model, 0)
             if self._count_local:
