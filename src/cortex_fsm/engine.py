@@ -516,12 +516,15 @@ class Engine:
         the policy's ``passive_health`` off, nothing changes. See
         :func:`cortex_fsm.errors.attempt_result` for reading an outcome event.
         """
-        rec = self._node(node)
+        try:
+            rec = self._nodes[node]
+        except KeyError:
+            raise UnknownNodeError(f"unknown neuron {node!r}") from None
         if not self.policy.passive_health:
             return None
         before = rec.health
         if ok:
-            if before.routable:
+            if rec.routable:  # before.routable, kept by _move
                 rec.failures = 0
             after = self._after_request[True][before]
             cause = "request_ok"
@@ -543,14 +546,16 @@ class Engine:
         rec = self._nodes.get(node)
         if rec is None:
             return
-        n = rec.local.get(model, 0)
+        local = rec.local
+        n = local.get(model, 0)
         if n <= 0:
             return
         if n == 1:
-            del rec.local[model]
+            del local[model]
         else:
-            rec.local[model] = n - 1
-        self._loads_moved(model)
+            local[model] = n - 1
+        if self._cache:
+            self._loads_moved(model)
 
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
         """The outcome of a cold load: on success the entry is ``loaded`` at once."""
@@ -598,7 +603,7 @@ class Engine:
         (whose replicas are then kept, when it is rule 2's)."""
         kept = self._picks.get(requested)
         if kept is not None:
-            return self._pick(*kept)
+            return self._pick(kept)
         decision = decide(self, self.catalogue, requested, self.policy)
         if decision.rule == _LOADED_RULE:
             self._keep(requested, decision.model)
@@ -624,13 +629,12 @@ class Engine:
             tuple(route_loaded(requested, model, name, policy) for name in names),
         )
 
-    def _pick(
-        self, model: str, names: tuple[str, ...], decisions: tuple[Decision, ...]
-    ) -> Decision:
-        """Rule 2's pick among ``names`` (live loaded replicas of ``model``, in
-        name order): least load, then least recently chosen, then name -- the
-        key :func:`~cortex_fsm.routing.decide` uses (docs/semantics.md §8).
-        Names ascend, so the first of equal keys has the smallest name."""
+    def _pick(self, kept: tuple[str, tuple[str, ...], tuple[Decision, ...]]) -> Decision:
+        """Rule 2's pick among the kept ``names`` (live loaded replicas of
+        ``model``, in name order): least load, then least recently chosen, then
+        name -- the key :func:`~cortex_fsm.routing.decide` uses (docs/semantics.md
+        §8). Names ascend, so the first of equal keys has the smallest name."""
+        model, names, decisions = kept
         nodes = self._nodes
         best = i = 0
         best_load = best_recency = 0
@@ -667,17 +671,23 @@ class Engine:
         the request was routed under a ``key`` (request id, attempt) -- with
         :meth:`observe_outcome` for that key.
         """
+        count_local = self._count_local
         if exclude:
             decision = decide(self, self.catalogue, requested, self.policy, _frozen(exclude))
         else:
-            cached = self._cache.get(requested)
-            if cached is not None:
+            # Under "max" the kept replicas are the common case (a routed
+            # request drops its model's cached decision); either is right.
+            kept = self._picks.get(requested) if count_local else None
+            cached = self._cache.get(requested) if kept is None else None
+            if kept is not None:
+                decision = self._pick(kept)
+            elif cached is not None:
                 decision = cached
             else:
                 decision = self._decide(requested)
                 # Under load = "max" a routed request moves its replica's count
                 # and recency below, which would drop the decision at once.
-                if decision.node is None or not self._count_local:
+                if decision.node is None or not count_local:
                     cache = self._cache
                     if len(cache) >= _CACHE_LIMIT:
                         cache.clear()
@@ -690,16 +700,19 @@ class Engine:
             entry = rec.models.get(model)
             if entry is not None:
                 entry.last_accessed = t
-            if self._count_local:
-                rec.local[model] = rec.local.get(model, 0) + 1
-                self._seq += 1
-                rec.chosen[model] = self._seq
-                self._loads_moved(model)
+            if count_local:
+                local = rec.local
+                local[model] = local.get(model, 0) + 1
+                self._seq = seq = self._seq + 1
+                rec.chosen[model] = seq
+                if self._cache:
+                    self._loads_moved(model)
                 if key is not None:
-                    earlier = self._open.pop(key, None)
+                    opened = self._open
+                    earlier = opened.pop(key, None)
                     if earlier is not None:  # a key reused without its outcome
                         self.finish(*earlier)
-                    self._open[key] = (node, model)
+                    opened[key] = (node, model)
         return decision
 
     def observe_outcome(
@@ -717,7 +730,7 @@ class Engine:
         health for ``node`` -- unless the node has left the fleet meanwhile."""
         opened = self._open.pop(key, None)
         if opened is not None:
-            self.finish(*opened)
+            self.finish(opened[0], opened[1])
         elif key in self._stale:  # its node left the fleet: nothing to learn (§12)
             self._stale.discard(key)
             return None
