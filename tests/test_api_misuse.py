@@ -44,7 +44,13 @@ def test_raw_bodies_are_refused_at_the_door() -> None:
 
 def test_unknown_nodes_are_a_library_error_and_a_key_error() -> None:
     engine = _engine()
-    for call in (lambda: engine.state("zz"), lambda: engine.needs_discovery("zz")):
+    for call in (
+        lambda: engine.state("zz"),
+        lambda: engine.needs_discovery("zz"),
+        lambda: engine.observe_health("zz", 1.0, {"m": 1}),
+        lambda: engine.observe_health_body("zz", 1.0, {"models": []}),
+        lambda: engine.observe_models_body("zz", 1.0, [{"id": "m", "status": "loaded"}]),
+    ):
         with pytest.raises(UnknownNodeError) as info:
             call()
         assert isinstance(info.value, CortexError) and isinstance(info.value, KeyError)

@@ -323,7 +323,7 @@ class Engine:
         An answer identical to the last one applied changes no model entry,
         so only the poll itself is applied, without validating it again.
         """
-        rec = self._node(node)
+        rec = self._nodes.get(node) or self._node(node)  # (the latter raises)
         if rec.models_body is not None and body == rec.models_body:
             return self._poll_ok(rec, t)
         result = parse_models(body)
@@ -427,7 +427,7 @@ class Engine:
 
     def observe_health(self, node: str, t: float, result: Mapping[str, int] | Invalid) -> None:
         """A ``/health`` answer: per-model ``in_flight + queue_depth``, replaced whole."""
-        rec = self._node(node)
+        rec = self._nodes.get(node) or self._node(node)  # (the latter raises)
         if type(result) is not dict:  # a dict is the common case: no more checks
             if isinstance(result, Invalid):
                 self._health_invalid += 1
