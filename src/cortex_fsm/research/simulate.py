@@ -7,7 +7,12 @@ the real :class:`~cortex_fsm.engine.Engine`, fed exactly what a gateway feeds
 it: every observation is a trace record applied through
 :func:`cortex_fsm.replay.apply_record` -- the one mapping replay uses -- and
 written to the trace in the same step, so a replay of the trace makes the
-same decisions.
+same decisions. The two records of every request (its attempt, and a served
+attempt's 200 outcome) are not built as dicts: the engine gets the call
+replay's mapping makes for them (``Engine.route`` with the attempt's key and
+exclude set, ``Engine.observe_outcome`` with ``ok=True``: an upstream
+answer below 500 is ``request_ok``), and their lines are written from cached
+parts; a listener still gets the records.
 
 What the simulated gateway does, per docs/semantics.md:
 
@@ -41,7 +46,7 @@ from ..engine import Engine
 from ..errors import Outcome
 from ..fleet import Neuron
 from ..replay import apply_record
-from ..routing import Decision
+from ..routing import NO_EXCLUDE
 from ..trace import AtomicOutput, TraceHeader
 from .processes import Change, requests, stream, truth_changes
 from .scenario import Scenario, SimNeuron
@@ -150,14 +155,16 @@ class Simulation:
         engine = self.engine
         write = self.write
         listen = self.listen
-        apply_record_ = apply_record
+        route = engine.route
+        observe_outcome = engine.observe_outcome
         # The fixed parts of the two lines every request writes, made once.
         served_tail = {
             name: f'"node": {_enc(name)}, "status": 200, "retry_after": null, '
             '"source": "upstream", "error": null}\n'
             for name in nodes
         }
-        model_part: dict[str, str] = {}
+        first_part: dict[str, str] = {}  # a first attempt's line after its id, by model
+        flush = self.flush
 
         # Truth changes, loads and answers in flight wait in a heap of
         # (t, sequence, payload); the sequence number breaks ties in the order
@@ -200,7 +207,7 @@ class Simulation:
         in_flight = 0
         rid = 0
         events = self.events
-        n_requests = n_attempts = 0
+        n_attempts = 0
         push = heapq.heappush
         pop = heapq.heappop
         end = _INF if duration is None else duration
@@ -214,28 +221,30 @@ class Simulation:
                 what = payload[0]
                 if what is not _TRUTH:
                     if what is _OUTCOME:
-                        _, request_id, attempt, node, model = payload
+                        _, key, node, model = payload
                         in_flight -= 1
                         busy[node][model] -= 1
-                        record = {
-                            "kind": "outcome",
-                            "t": t,
-                            "id": request_id,
-                            "attempt": attempt,
-                            "node": node,
-                            "status": 200,
-                            "retry_after": None,
-                            "source": "upstream",
-                            "error": None,
-                        }
-                        result = apply_record_(engine, "outcome", record)
+                        # What replay's mapping does with this record: an
+                        # upstream 200 is request_ok (errors.attempt_result).
+                        result = observe_outcome(key, t, node=node, ok=True)
                         events += 1
                         if write is not None:
                             write(
-                                f'{{"kind": "outcome", "t": {t!r}, "id": "{request_id}", '
-                                f'"attempt": {attempt}, {served_tail[node]}'
+                                f'{{"kind": "outcome", "t": {t!r}, "id": "{key[0]}", '
+                                f'"attempt": {key[1]}, {served_tail[node]}'
                             )
                         if listen is not None:
+                            record = {
+                                "kind": "outcome",
+                                "t": t,
+                                "id": key[0],
+                                "attempt": key[1],
+                                "node": node,
+                                "status": 200,
+                                "retry_after": None,
+                                "source": "upstream",
+                                "error": None,
+                            }
                             listen("outcome", record, result)
                     else:  # a cold load finished: the gateway records it
                         _, node, model = payload
@@ -275,42 +284,52 @@ class Simulation:
             nxt = next(arrivals, None)
             t_arrival = _INF if nxt is None else nxt[0]
             rid += 1
-            n_requests += 1
-            if not rid & 0x3FFF and self.flush is not None:
-                self.flush()  # keep the buffered lines of a long run few
+            if not rid & 0x3FFF and flush is not None:
+                flush()  # keep the buffered lines of a long run few
             request_id = f"r{rid}"
             failed: list[str] = []
             attempt = 0
             while True:
                 attempt += 1
-                n_attempts += 1
-                record = {
-                    "kind": "request",
-                    "t": t,
-                    "id": request_id,
-                    "model": model,
-                    "attempt": attempt,
-                }
-                if failed:
-                    record["exclude"] = frozenset(failed)
-                decision: Decision = apply_record_(engine, "request", record)  # type: ignore[assignment]
+                key = (request_id, attempt)
+                # What replay's mapping does with the request record.
+                exclude = frozenset(failed) if failed else NO_EXCLUDE
+                decision = route(model, t, exclude, key)
                 events += 1
                 if write is not None:
                     if failed:
-                        write(_record_line(record))
+                        write(_record_line(_request_record(t, key, model, exclude)))
                     else:
-                        middle = model_part.get(model)
-                        if middle is None:
-                            middle = model_part[model] = f'"model": {_enc(model)}, "attempt": '
-                        write(
-                            f'{{"kind": "request", "t": {t!r}, "id": "{request_id}", '
-                            f"{middle}{attempt}}}\n"
-                        )
+                        rest = first_part.get(model)
+                        if rest is None:
+                            rest = first_part[model] = f'", {_model_part(model)}1}}\n'
+                        write(f'{{"kind": "request", "t": {t!r}, "id": "{request_id}{rest}')
                 if listen is not None:
-                    listen("request", record, decision)
+                    listen("request", _request_record(t, key, model, exclude), decision)
                 node = decision.node
+                if node is not None and up[node]:
+                    # Served: once the model is ready on the node (a load first if needed).
+                    resolved = decision.model
+                    models = ready[node]
+                    at = models.get(resolved)
+                    if at is None:
+                        at = models[resolved] = t + load_s
+                        if decision.outcome is Outcome.COLD_LOAD:
+                            seq += 1
+                            push(queue, (at, seq, (_LOAD, node, resolved)))
+                    done = (
+                        (at if at > t else t)
+                        + tokens_in * per_token_in
+                        + tokens_out * per_token_out
+                    )
+                    counts = busy[node]
+                    counts[resolved] = counts.get(resolved, 0) + 1
+                    in_flight += 1
+                    seq += 1
+                    push(queue, (done, seq, (_OUTCOME, key, node, resolved)))
+                    break
+                self.events = events
                 if node is None:  # a reject: answered at once, final
-                    self.events = events
                     apply(
                         {
                             "kind": "outcome",
@@ -326,44 +345,27 @@ class Simulation:
                     )
                     events = self.events
                     break
-                if not up[node]:  # the node is down: the connection fails at once
-                    self.events = events
-                    apply(
-                        {
-                            "kind": "outcome",
-                            "t": t,
-                            "id": request_id,
-                            "attempt": attempt,
-                            "node": node,
-                            "status": 503,
-                            "retry_after": upstream_retry,
-                            "source": "gateway",
-                            "error": "connect",
-                        }
-                    )
-                    events = self.events
-                    failed.append(node)
-                    if attempt < max_attempts:
-                        continue
+                # The node is down: the connection fails at once.
+                apply(
+                    {
+                        "kind": "outcome",
+                        "t": t,
+                        "id": request_id,
+                        "attempt": attempt,
+                        "node": node,
+                        "status": 503,
+                        "retry_after": upstream_retry,
+                        "source": "gateway",
+                        "error": "connect",
+                    }
+                )
+                events = self.events
+                failed.append(node)
+                if attempt >= max_attempts:
                     break
-                # Served: once the model is ready on the node (a load first if needed).
-                resolved = decision.model
-                models = ready[node]
-                at = models.get(resolved)
-                if at is None:
-                    at = models[resolved] = t + load_s
-                    if decision.outcome is Outcome.COLD_LOAD:
-                        seq += 1
-                        push(queue, (at, seq, (_LOAD, node, resolved)))
-                done = (at if at > t else t) + tokens_in * per_token_in + tokens_out * per_token_out
-                counts = busy[node]
-                counts[resolved] = counts.get(resolved, 0) + 1
-                in_flight += 1
-                seq += 1
-                push(queue, (done, seq, (_OUTCOME, request_id, attempt, node, resolved)))
-                break
+            n_attempts += attempt
         self.events = events
-        self.requests = n_requests
+        self.requests = rid
         self.attempts = n_attempts
 
 
@@ -409,6 +411,26 @@ class _Poller:
         apply({"kind": "models", "t": t, "node": name, "ok": True, "body": models})
         load = [{"id": m, "in_flight": n, "queue_depth": 0} for m, n in busy[name].items() if n]
         apply({"kind": "health", "t": t, "node": name, "ok": True, "body": {"models": load}})
+
+
+def _model_part(model: str) -> str:
+    return f'"model": {_enc(model)}, "attempt": '
+
+
+def _request_record(
+    t: float, key: tuple[str, int], model: str, exclude: frozenset[str]
+) -> dict[str, Any]:
+    """The request record of attempt ``key`` (as replay reads it back)."""
+    record: dict[str, Any] = {
+        "kind": "request",
+        "t": t,
+        "id": key[0],
+        "model": model,
+        "attempt": key[1],
+    }
+    if exclude:
+        record["exclude"] = exclude
+    return record
 
 
 def _record_line(record: dict[str, Any]) -> str:
