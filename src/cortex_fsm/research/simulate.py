@@ -163,15 +163,16 @@ class Simulation:
             '"source": "upstream", "error": null}\n'
             for name in nodes
         }
+        served_first = {name: f'", "attempt": 1, {tail}' for name, tail in served_tail.items()}
         first_part: dict[str, str] = {}  # a first attempt's line after its id, by model
         flush = self.flush
 
         # Truth changes, loads and answers in flight wait in a heap of
-        # (t, sequence, payload); the sequence number breaks ties in the order
-        # of scheduling. Arrivals and poll rounds are merged in from outside
+        # (t, sequence, what, and three fields); the sequence number breaks
+        # ties in the order of scheduling. Arrivals and poll rounds are merged in from outside
         # it (one each is pending at any time); at equal times the heap goes
         # first, then the poll round, then the arrival.
-        queue: list[tuple[float, int, Any]] = []
+        queue: list[tuple[float, int, str, Any, Any, Any]] = []
         seq = 0
         changes: dict[str, Iterator[Change]] = {}
         for name in nodes:
@@ -181,7 +182,7 @@ class Simulation:
             first = next(it, None)
             if first is not None:
                 seq += 1
-                heapq.heappush(queue, (first.t, seq, (_TRUTH, name, first)))
+                heapq.heappush(queue, (first.t, seq, _TRUTH, name, first, None))
         for n in sc.neurons:
             if n.declared:
                 apply(
@@ -217,11 +218,10 @@ class Simulation:
             if top <= t_arrival and top <= t_poll:
                 if top == _INF:
                     break
-                t, _, payload = pop(queue)
-                what = payload[0]
+                t, _, what, a, b, c = pop(queue)
                 if what is not _TRUTH:
                     if what is _OUTCOME:
-                        _, key, node, model = payload
+                        key, node, model = a, b, c
                         in_flight -= 1
                         busy[node][model] -= 1
                         # What replay's mapping does with this record: an
@@ -229,10 +229,11 @@ class Simulation:
                         result = observe_outcome(key, t, node=node, ok=True)
                         events += 1
                         if write is not None:
-                            write(
-                                f'{{"kind": "outcome", "t": {t!r}, "id": "{key[0]}", '
-                                f'"attempt": {key[1]}, {served_tail[node]}'
-                            )
+                            if key[1] == 1:
+                                rest = served_first[node]
+                            else:
+                                rest = f'", "attempt": {key[1]}, {served_tail[node]}'
+                            write(f'{{"kind": "outcome", "t": {t!r}, "id": "{key[0]}{rest}')
                         if listen is not None:
                             record = {
                                 "kind": "outcome",
@@ -247,15 +248,14 @@ class Simulation:
                             }
                             listen("outcome", record, result)
                     else:  # a cold load finished: the gateway records it
-                        _, node, model = payload
                         self.events = events
-                        apply({"kind": "load", "t": t, "node": node, "model": model, "ok": True})
+                        apply({"kind": "load", "t": t, "node": a, "model": b, "ok": True})
                         events = self.events
                     continue
                 # A real change of a node's state.
                 if t > end or (duration is None and t_arrival == _INF and not in_flight):
                     continue  # the run is over: the fleet is no longer watched
-                _, name, change = payload
+                name, change = a, b
                 up[name] = change.up
                 self.events = events
                 apply({"kind": "truth", "t": t, "node": name, "up": change.up, "why": change.why})
@@ -263,7 +263,7 @@ class Simulation:
                 following = next(changes[name], None)
                 if following is not None:
                     seq += 1
-                    push(queue, (following.t, seq, (_TRUTH, name, following)))
+                    push(queue, (following.t, seq, _TRUTH, name, following, None))
                 continue
             if t_poll <= t_arrival:
                 t = t_poll
@@ -300,10 +300,10 @@ class Simulation:
                     if failed:
                         write(_record_line(_request_record(t, key, model, exclude)))
                     else:
-                        rest = first_part.get(model)
-                        if rest is None:
-                            rest = first_part[model] = f'", {_model_part(model)}1}}\n'
-                        write(f'{{"kind": "request", "t": {t!r}, "id": "{request_id}{rest}')
+                        after_id = first_part.get(model)
+                        if after_id is None:
+                            after_id = first_part[model] = f'", {_model_part(model)}1}}\n'
+                        write(f'{{"kind": "request", "t": {t!r}, "id": "{request_id}{after_id}')
                 if listen is not None:
                     listen("request", _request_record(t, key, model, exclude), decision)
                 node = decision.node
@@ -316,7 +316,7 @@ class Simulation:
                         at = models[resolved] = t + load_s
                         if decision.outcome is Outcome.COLD_LOAD:
                             seq += 1
-                            push(queue, (at, seq, (_LOAD, node, resolved)))
+                            push(queue, (at, seq, _LOAD, node, resolved, None))
                     done = (
                         (at if at > t else t)
                         + tokens_in * per_token_in
@@ -326,7 +326,7 @@ class Simulation:
                     counts[resolved] = counts.get(resolved, 0) + 1
                     in_flight += 1
                     seq += 1
-                    push(queue, (done, seq, (_OUTCOME, key, node, resolved)))
+                    push(queue, (done, seq, _OUTCOME, key, node, resolved))
                     break
                 self.events = events
                 if node is None:  # a reject: answered at once, final
