@@ -17,7 +17,7 @@ from tests.helpers import load, make_engine, poll_ok, up
 
 from cortex_fsm import Neuron, Policy, Profile
 from cortex_fsm.fleet import PollFailure
-from cortex_fsm.routing import decide
+from cortex_fsm.routing import Decision, decide
 
 NODES = ["a", "b", "c", "d"]
 MODELS = ["m", "n", "o"]
@@ -120,3 +120,48 @@ def test_routed_requests_equal_decisions_over_a_snapshot(mode: str, seed: int) -
             engine.reconfigure(t, policy=attrs.evolve(engine.policy, load=other))
         else:
             poll_ok(engine, node, {m: "loaded" for m in MODELS if rng.random() < 0.7}, t)
+
+
+def test_a_node_going_down_or_up_changes_the_decisions_it_enters() -> None:
+    """A routability change forgets only the cached decisions the node can
+    change: those for a model it holds, or whose profile it is feasible for
+    (a cold start goes there) -- and all of them when it decides whether any
+    node is routable at all. Each decision is checked against the pure one."""
+    engine = make_engine(["a", "b", "c", "d"], [Profile(id=m) for m in ("m", "n", "p", "q")])
+    up(engine, "a", {"m": "loaded"})
+    up(engine, "b", {"n": "loaded"})
+    up(engine, "c", {})
+    poll_ok(engine, "d", {"q": "loaded"})  # no discovery: a holder feasible for nothing
+    requested = ["m", "n", "p", "q", "unknown"]
+
+    def check(step: str) -> dict[str, Decision]:
+        snapshot = engine.snapshot()
+        got = {}
+        for name in requested:
+            got[name] = engine.decide(name)
+            assert got[name] == decide(snapshot, engine.catalogue, name, engine.policy), (
+                step,
+                name,
+            )
+        return got
+
+    def down(node: str, t: float) -> None:
+        for i in range(3):
+            engine.observe_models(node, t + i, PollFailure(reason="connect"))
+
+    first = check("all up")
+    cold = first["p"].node
+    assert cold is not None and first["p"].cold_start
+    down(cold, 1.0)  # the feasible node of p's cold start, holding nothing of p
+    after = check("cold start target down")
+    assert after["p"].node != cold
+    down("a", 10.0)  # m's only holder
+    assert check("a down")["m"].node != "a"
+    assert first["q"].node == "d"
+    down("d", 15.0)  # q's only holder, feasible for no profile
+    assert check("d down")["q"].node != "d"
+    for node in ("b", "c"):
+        down(node, 20.0)
+    assert {d.outcome.value for d in check("all down").values()} == {"no_healthy_nodes"}
+    poll_ok(engine, "c", {}, 30.0)  # one node back: condition 0 moves for every model
+    assert check("c back")["n"].outcome.value != "no_healthy_nodes"

@@ -169,6 +169,8 @@ _NO_HOLDERS: dict[str, _Node] = {}
 #: The rules whose pick depends on the replicas' loads (rule 2's).
 _LOAD_PICKED = frozenset(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
 _CACHE_LIMIT = 1 << 16
+#: Above this many cached decisions and kept replicas, a routability change forgets them all.
+_SCAN_LIMIT = 256
 #: Rule 2's label, and the statuses of the replicas its pick ranges over.
 _LOADED_RULE = next(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
 _SERVING = frozenset({ModelStatus.LOADED, ModelStatus.RELOADING})
@@ -366,7 +368,7 @@ class Engine:
         if routable is not rec.routable:
             rec.routable = routable
             self._routable += 1 if routable else -1
-            self._forget()
+            self._routability_moved(rec)
         self._transitions += 1
         return Transition(node=rec.name, from_=before, to=after, cause=cause, t=t)
 
@@ -391,6 +393,34 @@ class Engine:
                     self._drop_holder(model, name)
                     invalidate(model)
         rec.models = new
+
+    def _routability_moved(self, rec: _Node) -> None:
+        """``rec`` became routable, or stopped being so: forget the cached
+        decisions and kept replicas it can change.
+
+        A node's routability enters a decision for a model only through the
+        nodes that hold the model (conditions 1-6), those feasible for its
+        profile (7-9) and whether any node is routable at all (condition 0;
+        docs/semantics.md §3). So only decisions for a model ``rec`` holds or
+        is feasible for change -- unless no other node is routable (then
+        condition 0 may move for all), or so many are cached that finding
+        them costs more than deciding again: then all are forgotten.
+        """
+        cache, picks = self._cache, self._picks
+        if self._routable <= 1 or len(cache) + len(picks) > _SCAN_LIMIT:
+            self._forget()
+            return
+        held = rec.models
+        name = rec.name
+        feasible = self._feasible
+        for key in [
+            k
+            for k, decision in cache.items()
+            if decision.model in held or name in feasible.get(decision.model, _NO_HOLDERS)
+        ]:
+            del cache[key]
+        for key in [k for k, kept in picks.items() if kept[0] in held]:
+            del picks[key]
 
     def _forget(self) -> None:
         """Forget every cached decision and every kept set of replicas."""
