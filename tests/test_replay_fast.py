@@ -11,6 +11,7 @@ the same error (file, line, problem) or warning. The hostile lines come
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import json
 import logging
@@ -22,6 +23,9 @@ import pytest
 
 from cortex_fsm import TraceError, replay
 from cortex_fsm.replay import render_summary
+
+# the module (the package's name ``replay`` is its function)
+replay_module = importlib.import_module("cortex_fsm.replay")
 
 if not os.environ.get("CI"):
     pytest.importorskip("msgspec")  # CI installs the research extra: there, it must be present
@@ -66,16 +70,25 @@ PRELUDE = [
 
 
 def both(path: Path, caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
-    """(decision lines, summary or error, warnings) for the json path, then msgspec's."""
+    """(decision lines, summary or error, warnings) for the json path, then
+    msgspec's -- as it runs, and reading 3 lines per chunk and remembering the
+    line tails of 2 decisions at most (so that every trace here crosses chunk
+    boundaries and forgets tails)."""
     results = []
-    for fast in (False, True):
+    for fast, chunk, tails in ((False, 0, 0), (True, 0, 0), (True, 3, 2)):
         caplog.clear()
         out = io.StringIO()
-        with caplog.at_level(logging.WARNING):
-            try:
-                summary = render_summary(replay(str(path), out=out, fast=fast))
-            except TraceError as exc:
-                summary = f"error: {exc}"
+        saved = replay_module._CHUNK, replay_module._TAIL_LIMIT
+        if chunk:
+            replay_module._CHUNK, replay_module._TAIL_LIMIT = chunk, tails
+        try:
+            with caplog.at_level(logging.WARNING):
+                try:
+                    summary = render_summary(replay(str(path), out=out, fast=fast))
+                except TraceError as exc:
+                    summary = f"error: {exc}"
+        finally:
+            replay_module._CHUNK, replay_module._TAIL_LIMIT = saved
         results.append((out.getvalue(), summary, caplog.text))
     return results
 
@@ -87,8 +100,9 @@ def write(path: Path, *lines: object) -> Path:
 
 
 def same(path: Path, caplog: pytest.LogCaptureFixture) -> tuple[str, str, str]:
-    slow, fast = both(path, caplog)
+    slow, fast, chunked = both(path, caplog)
     assert fast == slow
+    assert chunked == slow
     return fast
 
 

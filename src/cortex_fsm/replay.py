@@ -360,26 +360,8 @@ def _fast_decoding() -> bool:
     return True
 
 
-def _health_value(
-    raw: object, typed: Callable[[Any], Any], plain: Callable[[Any], Any]
-) -> tuple[object, Any, bool] | None:
-    """A ``/health`` body's raw text as ``(raw, value, True)`` with the load
-    readings ``parse_health`` would give (when it is a body of the documented
-    shape, decoded as such), else ``(raw, JSON value, False)`` for the engine
-    to judge, or None when it is not JSON (the json path reports the line)."""
-    try:
-        body = typed(raw)
-    except Exception:
-        try:
-            return (raw, plain(raw), False)
-        except Exception:
-            return None
-    models = body.models
-    busy = {} if models is None else {m.id: m.in_flight + m.queue_depth for m in models}
-    return (raw, busy, True)
-
-
-_FLUSH_EVERY = 4096  # decision lines written per write call
+_CHUNK = 4096  # lines read between two writes of the decision lines they gave
+_TAIL_LIMIT = 1 << 16  # decisions whose line tails are remembered by identity
 _REFUSED = object()
 
 
@@ -395,13 +377,21 @@ def _run_fast(
     body equal, byte for byte, to the node's last one of its kind is not
     decoded again: the engine gets the same value as last time, which it
     recognises at once.
+
+    Lines are read as the json path reads them (the file's own line
+    iteration, so a damaged gzip stream fails at the same line), in chunks of
+    ``_CHUNK`` lines; the decision lines of a chunk are written at its end,
+    in one call. Times need no finiteness check here: JSON has no infinities
+    or NaN, and msgspec refuses a number out of a float's range (the json
+    path then reads the line and reports it).
     """
     from .trace_fast import (
         Health,
+        HealthRaw,
         Models,
         Request,
         decode_body,
-        decode_health_body,
+        decode_health_raw,
         decode_line,
     )
 
@@ -414,118 +404,147 @@ def _run_fast(
     transition = replayer._transition
     neurons = trace._neurons  # shared with the reader: neuron_added/removed update it
     ids = trace._request_ids
+    add_id = ids.add
     line, last_t, events = trace.line, trace._last_t, trace.events
     started = replayer.t_start is not None
     last_models: dict[str, tuple[object, object]] = {}  # node -> (raw body, its value)
-    last_health: dict[str, tuple[object, Any, bool]] = {}  # ... and whether it is a reading
+    last_health: dict[str, tuple[object, object]] = {}  # ... of another shape
     pending: list[str] = []
     emit = pending.append
-    readline = trace._fh.readline
+    lines = trace._fh
+    chunk = itertools.islice
     tails = _TAILS
+    # Decisions are interned: their line tails are found by identity (hashing
+    # a Decision costs more than rendering the line's head); each is kept
+    # alive in ``known`` while its id is a key.
+    tail_of: dict[int, str] = {}
+    known: list[Decision] = []
     enc = encode_basestring_ascii
     shown_t, t_text = math.nan, ""
+    ev: Any
     try:
         while True:
+            first = line
             try:
-                raw = readline()
-            except (OSError, EOFError, zlib.error) as exc:
-                trace.read_failed(exc, line)
-                break
-            if not raw:
-                break
-            line += 1
-            try:
-                # A last line without its end of line: the json path decides
-                # whether it is complete.
-                ev: Request | Models | Health | None = decode_line(raw) if raw[-1] == 10 else None
-            except Exception:  # anything msgspec refuses: the json path says why
-                ev = None
-            if type(ev) is Request:
-                t = ev.t
-                rid = ev.id
-                if started and t >= last_t and t - t == 0.0 and rid not in ids:
-                    ids.add(rid)
-                    last_t = t
-                    events += 1
-                    decision = route(ev.model, t, NO_EXCLUDE, (rid, 1))
-                    if write is not None:
-                        if t != shown_t:  # the events of a poll round share their time
-                            shown_t, t_text = t, repr(t)
-                        tail = tails.get(decision)
-                        if tail is None:
-                            tail = decision_tail(decision)
-                        emit(f'{{"id": {enc(rid)}, "t": {t_text}, {tail}')
-                        if len(pending) >= _FLUSH_EVERY:
-                            write("".join(pending))
-                            pending.clear()
-                    continue
-            elif type(ev) is Health:
-                t = ev.t
-                node = ev.node
-                body_raw = ev.body
-                if (
-                    started
-                    and ev.ok is True
-                    and body_raw
-                    and node in neurons
-                    and t >= last_t
-                    and t - t == 0.0
-                ):
-                    seen = last_health.get(node)
-                    if seen is None or seen[0] != body_raw:
-                        seen = _health_value(body_raw, decode_health_body, decode_body)
-                        if seen is not None:
-                            last_health[node] = seen
-                    if seen is not None:
-                        last_t = t
-                        events += 1
-                        if seen[2]:  # what parse_health would make of it
-                            health_busy(node, t, seen[1])
-                        else:
-                            health(node, t, seen[1])
-                        continue
-            elif type(ev) is Models:
-                t = ev.t
-                node = ev.node
-                if started and t >= last_t and t - t == 0.0 and node in neurons:
-                    if ev.ok is True:
+                for raw in chunk(lines, _CHUNK):
+                    line += 1
+                    try:
+                        # A last line without its end of line: the json path
+                        # decides whether it is complete.
+                        ev = decode_line(raw) if raw[-1] == 10 else None
+                    except Exception:
+                        try:  # a /health line with a body of another shape?
+                            ev = decode_health_raw(raw)
+                        except Exception:  # anything else msgspec refuses: the json path says why
+                            ev = None
+                    cls = type(ev)
+                    if cls is Request:
+                        t = ev.t
+                        rid = ev.id
+                        if t >= last_t and started and rid not in ids:
+                            add_id(rid)
+                            last_t = t
+                            events += 1
+                            decision = route(ev.model, t, NO_EXCLUDE, (rid, 1))
+                            if write is not None:
+                                if t != shown_t:  # the events of a poll round share their time
+                                    shown_t, t_text = t, repr(t)
+                                tail = tail_of.get(id(decision))
+                                if tail is None:
+                                    tail = tails.get(decision)
+                                    if tail is None:
+                                        tail = decision_tail(decision)
+                                    if len(known) >= _TAIL_LIMIT:
+                                        tail_of.clear()
+                                        known.clear()
+                                    tail_of[id(decision)] = tail
+                                    known.append(decision)
+                                emit(f'{{"id": {enc(rid)}, "t": {t_text}, {tail}')
+                            continue
+                    elif cls is Health:  # a body of the documented shape
+                        t = ev.t
+                        node = ev.node
+                        if t >= last_t and ev.ok and started and node in neurons:
+                            last_t = t
+                            events += 1
+                            # The load readings parse_health makes of the body
+                            # (a loop: cheaper than a comprehension's call).
+                            busy = {}
+                            readings = ev.body.models
+                            if readings is not None:
+                                for r in readings:
+                                    busy[r.id] = r.in_flight + r.queue_depth
+                            health_busy(node, t, busy)
+                            continue
+                    elif cls is HealthRaw:  # a body of another shape: the engine judges it
+                        t = ev.t
+                        node = ev.node
                         body_raw = ev.body
-                        if body_raw:
-                            seen_models = last_models.get(node)
-                            if seen_models is not None and seen_models[0] == body_raw:
-                                body = seen_models[1]
-                            else:
+                        if t >= last_t and ev.ok and body_raw and started and node in neurons:
+                            seen = last_health.get(node)
+                            if seen is None or seen[0] != body_raw:
                                 try:
-                                    body = decode_body(body_raw)
-                                except Exception:
-                                    body = _REFUSED
+                                    seen = (body_raw, decode_body(body_raw))
+                                except Exception:  # not JSON: the json path reports it
+                                    seen = None
                                 else:
-                                    last_models[node] = (body_raw, body)
-                            if body is not _REFUSED:
+                                    last_health[node] = seen
+                            if seen is not None:
                                 last_t = t
                                 events += 1
-                                result = models(node, t, body)
-                                if result is not None:
-                                    transition(result)
+                                health(node, t, seen[1])
                                 continue
-                    else:  # a failed poll
-                        last_t = t
-                        events += 1
-                        failed = {"kind": "models", "t": t, "node": node, "ok": False}
-                        failed["error"] = ev.error
-                        feed("models", failed)
-                        continue
-            # Any other line: the json path reads it (or says what is wrong).
-            trace.line, trace._last_t, trace.events = line - 1, last_t, events
-            got = trace.record_of_line(raw)
-            line, last_t, events = trace.line, trace._last_t, trace.events
-            if trace.truncated is not None:
-                break
-            for kind, f in got:
-                answer = feed(kind, f)
-                if answer is not None and write is not None:
-                    emit(decision_line(answer, f["id"], f["t"], f.get("attempt")))
-                started = True
+                    elif cls is Models:
+                        t = ev.t
+                        node = ev.node
+                        if t >= last_t and started and node in neurons:
+                            if ev.ok:
+                                body_raw = ev.body
+                                if body_raw:
+                                    seen_models = last_models.get(node)
+                                    if seen_models is not None and seen_models[0] == body_raw:
+                                        body = seen_models[1]
+                                    else:
+                                        try:
+                                            body = decode_body(body_raw)
+                                        except Exception:
+                                            body = _REFUSED
+                                        else:
+                                            last_models[node] = (body_raw, body)
+                                    if body is not _REFUSED:
+                                        last_t = t
+                                        events += 1
+                                        result = models(node, t, body)
+                                        if result is not None:
+                                            transition(result)
+                                        continue
+                            else:  # a failed poll
+                                last_t = t
+                                events += 1
+                                failed = {"kind": "models", "t": t, "node": node, "ok": False}
+                                failed["error"] = ev.error
+                                feed("models", failed)
+                                continue
+                    # Any other line: the json path reads it (or says what is wrong).
+                    trace.line, trace._last_t, trace.events = line - 1, last_t, events
+                    got = trace.record_of_line(raw)
+                    line, last_t, events = trace.line, trace._last_t, trace.events
+                    if trace.truncated is not None:
+                        return
+                    for kind, f in got:
+                        answer = feed(kind, f)
+                        if answer is not None and write is not None:
+                            emit(decision_line(answer, f["id"], f["t"], f.get("attempt")))
+                        started = True
+            except (OSError, EOFError, zlib.error) as exc:
+                # Reading the file failed (a write is never made in this block).
+                trace.read_failed(exc, line)
+                return
+            if pending and write is not None:
+                write("".join(pending))
+            pending.clear()
+            if line - first < _CHUNK:  # the end of the file
+                return
     finally:
         trace.line, trace._last_t, trace.events = line, last_t, events
         if pending and write is not None:
