@@ -15,8 +15,11 @@ history, discovery cache, model map, load readings, local in-flight counts
 and recency, fleet membership) -- computed from the text, not from the code.
 The routing invariants (R1-R4, R6, R7, R9, SPEC, ANSWER) judge the engine's
 decision against the monitor's fleet; the per-node invariants compare the
-engine's state with the monitor's (H1-H6, HSPEC, F1, D1, L1, L2); R5 asks
-``routing.decide`` again on the engine's own snapshot, in other orders.
+engine's state with the monitor's (H1-H6, HSPEC, F1, D1, D2, L1, L2); the
+report checks compare what the engine shows users -- ``statistics()``,
+``status()``, ``Engine.neurons`` -- with the monitor's own count of what was
+observed (STAT, STATUS, FLEET); R5 asks ``routing.decide`` again on the
+engine's own snapshot, in other orders.
 
 **Nothing that can change a future decision is pruned.** Two states are one
 when their keys are equal, and the key holds *everything* the engine keeps
@@ -26,13 +29,22 @@ discovery cache, model map, load readings, local counts, the memo of the last
 attempts and the decision cache *after* every request of the world was asked
 on the state (so a stale cached decision is part of the key, never merged
 away). Only statistics counters, times and the absolute recency numbers are
-left out; a field the key does not know is included by its ``repr``, so a
-new field can only make the key finer, never coarser.
+left out -- and of the counters, their distance from the monitor's count is
+in (zero for a right engine, so the space does not grow; a counter that
+drifts makes a new state, which is checked); a field the key does not know
+is included by its ``repr``, so a new field can only make the key finer,
+never coarser.
 
 **Worlds.** The default bound is a list of :class:`World`\\s: small fleets,
 each with a catalogue (aliases -- a chain and a shadowing one --, a pinned
 model, a model that needs two GPUs of 40 GB), a policy, an alphabet and a
-depth. Together they reach every row of the routing table, every transition
+depth. The engine runs the world's policy as the code builds it
+(``Policy()``, ``Policy.reference()``); the monitor and the invariants judge
+by the same policy built from the spec's own table of values, so a wrong
+default in the code shows. A world may reload its configuration (the monitor
+applies the reload too, and the invariants judge under the configuration in
+force), hand ``/health`` readings over parsed, and end requests through
+``Engine.finish``. Together they reach every row of the routing table, every transition
 of the health machine and every reject clients can be told (the coverage
 report says so, and ``verify`` fails if the default bound leaves one out).
 Values are chosen at and around every threshold -- VRAM exactly at the
@@ -54,18 +66,18 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypedDict
 
 import attrs
 
 from ..catalogue import Catalogue, Profile
 from ..engine import Engine
-from ..errors import Outcome
 from ..fleet import Discovery, FleetSnapshot, ModelStatus, Neuron
 from ..health import Event, HealthState, HealthTable, all_states
 from ..policy import Policy
 from ..replay import apply_record
-from ..routing import RULES, Cond, Decision, decide, matching_rules
+from ..routing import RULE_OUTCOME, RULES, Cond, Decision, decide, matching_rules
 from ..trace import (
     DiscoveryEvent,
     HealthEvent,
@@ -74,12 +86,14 @@ from ..trace import (
     NeuronAddedEvent,
     NeuronRemovedEvent,
     OutcomeEvent,
+    ReconfiguredEvent,
     RequestEvent,
     TraceHeader,
     TraceWriter,
     UnloadEvent,
 )
 from ..trace import Event as TraceEvent
+from ..wire import Invalid, parse_health
 from .clone import clone_engine, containers, frozen_containers
 from .invariants import (
     ALL_INVARIANTS,
@@ -91,10 +105,11 @@ from .invariants import (
     l2,
     reordered_catalogue,
     reordered_views,
+    spec_decide,
     spec_feasible,
     spec_model,
 )
-from .monitor import Monitor, NodeMonitor
+from .monitor import REPORTS, Monitor, NodeMonitor, spec_label, spec_policy
 
 __all__ = [
     "DEFAULT_WORLDS",
@@ -203,7 +218,10 @@ class Move:
     ``node`` (``ok``, ``failed`` or ``neutral``); ``attempt`` a request for
     ``big`` with every other node excluded that ``node`` serves, then its
     outcome (``ok``/``failed``; enabled only when the engine routes it to
-    ``node``); ``remove`` / ``add`` the node.
+    ``node``); ``remove`` / ``add`` the node; ``finish``: ``Engine.finish``
+    for the world's model on ``node`` where no count is open (as an
+    integration that routes without a key ends its requests); ``reload``
+    (fleet): ``Engine.reconfigure`` with the world's ``reloads[variant]``.
     """
 
     kind: str
@@ -239,6 +257,10 @@ class Move:
             return f"{n}: a request for {model!r} (others excluded) is served, {v}"
         if self.kind == "report":
             return f"{n}: an outcome names it for a request it was not routed ({v})"
+        if self.kind == "finish":
+            return f"{n}: Engine.finish ends a request for {model!r} (no count open)"
+        if self.kind == "reload":
+            return f"the configuration is reloaded ({v})"
         return f"{n}: {'leaves' if self.kind == 'remove' else 'joins'} the fleet"
 
 
@@ -267,6 +289,22 @@ def world_catalogue(names: Sequence[str]) -> Catalogue:
             SMALL: Profile(id=SMALL, harness="llama"),
         },
         aliases={"tier/big": BIG, "tier/chain": "tier/big", SMALL: BIG},
+    )
+
+
+def reload_catalogue(names: Sequence[str]) -> Catalogue:
+    """The catalogue a reload brings: ``big`` on one GPU of 40000 MB, ``pin``
+    pinned on the first node, ``tier/big`` now an alias of ``pin``, no alias
+    shadowing ``small``."""
+    return Catalogue(
+        profiles={
+            BIG: Profile(
+                id=BIG, harness="candle", min_devices=1, min_device_vram_mb=VRAM, source="hf"
+            ),
+            PIN: Profile(id=PIN, harness="llama", quant="q4", pinned_on=(names[0],)),
+            SMALL: Profile(id=SMALL, harness="llama"),
+        },
+        aliases={"tier/big": PIN, "tier/chain": "tier/big"},
     )
 
 
@@ -308,6 +346,17 @@ class World:
     model: str = BIG
     #: the endpoint of each node (for the counterexample's trace header)
     endpoints: Mapping[str, str] = attrs.field(factory=dict)
+    #: the policy the spec says the world runs under, built from the monitor's
+    #: own table of values (None: ``policy`` as given); the engine runs ``policy``
+    spec_policy: Policy | None = None
+    #: at most this many routed requests pending at once
+    pending: int = 2
+    #: reconfigurations (``reload`` moves): variant -> the new policy and/or catalogue
+    reloads: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: ``/health`` answers at even steps arrive parsed already, as replay's
+    #: decoder hands them to ``Engine.observe_health`` (a dict), and at odd
+    #: multiples of 3 as a read-only mapping; the others as bodies
+    parsed_health: bool = False
 
     @property
     def nodes(self) -> int:
@@ -324,17 +373,36 @@ class World:
     def with_bound(
         self, *, nodes: int | None = None, threshold: int | None = None, depth: int | None = None
     ) -> World:
-        policy = self.policy
+        policy, spec = self.policy, self.spec_policy
         if threshold is not None:
             policy = policy.with_values({"failure_threshold": threshold})
+            if spec is not None:
+                spec = spec.with_values({"failure_threshold": threshold})
         names = self.names if nodes is None else node_names(nodes)
         return attrs.evolve(
-            self, names=names, policy=policy, depth=self.depth if depth is None else depth
+            self,
+            names=names,
+            policy=policy,
+            spec_policy=spec,
+            depth=self.depth if depth is None else depth,
         )
 
 
-_DEFAULT = Policy()
-_REFERENCE = Policy.reference()
+class _Policies(TypedDict):
+    policy: Policy
+    spec_policy: Policy
+
+
+def _policies(base: str = "defaults", **values: object) -> _Policies:
+    """A world's policy as the engine gets it -- ``Policy()`` or
+    ``Policy.reference()`` as the code defines them, ``values`` over it -- and
+    as the spec says it is (:func:`~cortex_fsm.verify.monitor.spec_policy`,
+    from the monitor's own table): a default the code gets wrong shows as a
+    disagreement between the engine and the monitor."""
+    policy = Policy() if base == "defaults" else Policy.reference()
+    if values:
+        policy = policy.with_values(values)
+    return {"policy": policy, "spec_policy": spec_policy(base, **values)}
 
 
 def _polls(*variants: str) -> tuple[tuple[str, str], ...]:
@@ -347,7 +415,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="health",
         about="health: polls and request outcomes of every kind, threshold 3",
         names=node_names(2),
-        policy=_DEFAULT,
+        **_policies(),  # Policy() as given: the defaults' threshold, 3
         depth=7,
         node_moves=(
             *_polls("loaded", "failed", "malformed"),
@@ -361,7 +429,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="static",
         about="static lifecycle and known-down models",
         names=node_names(2),
-        policy=_DEFAULT.with_values({"lifecycle": "static", "failure_threshold": 1}),
+        **_policies(lifecycle="static", failure_threshold=1),
         depth=5,
         node_moves=(
             *_polls("none", "loaded", "unloaded", "recovering", "free", "failed"),
@@ -373,9 +441,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="static-reference",
         about="static lifecycle with known_down = reference",
         names=node_names(2),
-        policy=_DEFAULT.with_values(
-            {"lifecycle": "static", "known_down": "reference", "failure_threshold": 1}
-        ),
+        **_policies(lifecycle="static", known_down="reference", failure_threshold=1),
         depth=4,
         node_moves=(
             *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
@@ -386,7 +452,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="fleet",
         about="a fleet that changes: nodes leave and join with requests in flight",
         names=node_names(2),
-        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        **_policies(failure_threshold=2),
         depth=5,
         node_moves=(
             *_polls("loaded", "free", "failed"),
@@ -401,7 +467,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="models",
         about="model map: every status, repeats, loads and unloads and their failures",
         names=node_names(2),
-        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        **_policies(failure_threshold=2),
         depth=4,
         node_moves=(
             *_polls(*POLLS),
@@ -416,7 +482,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="topology",
         about="topology: discoveries at, below and above every threshold; refetch",
         names=node_names(3),
-        policy=_DEFAULT.with_values({"failure_threshold": 1}),
+        **_policies(failure_threshold=1),
         depth=4,
         node_moves=(
             *(("discovery", v) for v in DISCOVERIES),
@@ -427,7 +493,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="load",
         about="load: readings distinct, equal, missing, invalid; in-flight and recency",
         names=node_names(3),
-        policy=_DEFAULT.with_values({"failure_threshold": 2}),
+        **_policies(failure_threshold=2),
         depth=5,
         node_moves=(
             *_polls("loaded", "failed"),
@@ -438,10 +504,33 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         fleet_moves=(("route", BIG), ("route", "tier/big")),
     ),
     World(
+        name="inflight",
+        about="in-flight counts: three on one replica, ends with none open, reloads "
+        "(load max -> reported with requests pending, a new catalogue)",
+        names=node_names(2),
+        **_policies(),  # Policy() as given
+        depth=5,
+        pending=3,
+        node_moves=(
+            *_polls("loaded", "failed"),
+            ("discovery", "one"),
+            ("health", "one"),
+            ("health", "invalid"),
+            ("close", "ok"),
+            ("finish", ""),
+        ),
+        parsed_health=True,
+        fleet_moves=(("route", BIG), ("reload", "reported"), ("reload", "catalogue")),
+        reloads={
+            "reported": {"policy": spec_policy(load="reported")},
+            "catalogue": {"catalogue": reload_catalogue(node_names(2))},
+        },
+    ),
+    World(
         name="reference",
         about="Part I: every Part II key at its reference value",
         names=node_names(3),
-        policy=_REFERENCE.with_values({"failure_threshold": 2}),
+        **_policies("reference", failure_threshold=2),
         depth=4,
         node_moves=(
             *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
@@ -746,9 +835,11 @@ class _World:
         self.world = world
         self.names = world.names
         self.catalogue = world.the_catalogue()
-        self.reversed = reordered_catalogue(self.catalogue)
+        self._reversed: dict[int, Catalogue] = {}
         self.policy = world.policy
-        self.threshold = world.policy.failure_threshold
+        #: the policy the monitor and the invariants judge by (the spec's)
+        self.judge_policy = world.spec_policy if world.spec_policy is not None else world.policy
+        self.threshold = self.judge_policy.failure_threshold
         self.moves = world.moves()
         self.stop_at_first = stop_at_first
         self.keyer = _Keyer(world)
@@ -776,8 +867,18 @@ class _World:
 
     def fresh(self) -> tuple[Engine, Monitor]:
         engine = Engine(self.neurons(), self.catalogue, self.policy)
-        monitor = Monitor.start(self.names, self.policy)
+        monitor = Monitor.start(self.names, self.judge_policy, uncounted=True)
         return engine, monitor
+
+    def catalogue_of(self, monitor: Monitor) -> Catalogue:
+        """The catalogue in force (the world's, until a reload replaces it)."""
+        return monitor.catalogue if monitor.catalogue is not None else self.catalogue
+
+    def reversed_catalogue(self, catalogue: Catalogue) -> Catalogue:
+        out = self._reversed.get(id(catalogue))
+        if out is None:
+            out = self._reversed[id(catalogue)] = reordered_catalogue(catalogue)
+        return out
 
     def records(
         self, move: Move, step: int, engine: Engine, monitor: Monitor
@@ -799,6 +900,22 @@ class _World:
             ]
         if not present:
             return None
+        if kind == "finish":
+            # Engine.finish called directly (as an integration that routes without
+            # a key ends its requests), only where no count is open: for the
+            # engine that is no change at all, so a trace need not show it.
+            mon = monitor.node(node or "")
+            if mon is None or mon.local.get(self.world.model, 0) > 0:
+                return None
+            return [{"kind": "finish", "t": t, "node": node, "model": self.world.model}]
+        if kind == "reload":
+            change = self.world.reloads[variant]
+            policy, catalogue = change.get("policy"), change.get("catalogue")
+            if (policy is None or policy == monitor.policy) and (
+                catalogue is None or catalogue is self.catalogue_of(monitor)
+            ):
+                return None  # nothing would change
+            return [{"kind": "reconfigured", "t": t, **change}]
         if kind in ("discovery", "models", "health"):
             world = self.world
             table = {
@@ -812,16 +929,21 @@ class _World:
                 if kind == "models":
                     rec["error"] = "timeout"
                 return [rec]
-            return [{"kind": kind, "t": t, "node": node, "ok": True, "body": body}]
+            rec = {"kind": kind, "t": t, "node": node, "ok": True, "body": body}
+            if kind == "health" and world.parsed_health and (step % 2 == 0 or step % 3 == 0):
+                # parsed already: a dict (as replay's decoder gives it), on odd
+                # multiples of 3 a read-only mapping (as an integration may)
+                rec["parsed"] = "dict" if step % 2 == 0 else "view"
+            return [rec]
         if kind in ("load", "unload"):
             model = self.world.model
             return [{"kind": kind, "t": t, "node": node, "model": model, "ok": variant == "ok"}]
         if kind == "route":
-            if len(monitor.open) >= 2:
-                return None  # at most two requests pending at once
+            if len(monitor.open) >= self.world.pending:
+                return None  # at most this many requests pending at once
             return [{"kind": "request", "t": t, "id": f"q{step}", "model": variant}]
         if kind == "close":
-            for key, name, _model in monitor.open:
+            for key, name, _model, _counted in monitor.open:
                 if name == node:
                     return [_outcome(t, key, node, variant)]
             return None
@@ -861,20 +983,38 @@ class _World:
         for rec in records:
             kind = rec["kind"]
             before = dict(engine.states()) if kind in ("models", "outcome") else None
-            result = apply_record(engine, kind, rec)
+            result: Any = None
+            if kind == "finish":
+                engine.finish(rec["node"], rec["model"])
+            elif kind == "health" and rec.get("parsed"):
+                reading: Mapping[str, int] | Invalid = parse_health(rec["body"])
+                if rec["parsed"] == "view" and isinstance(reading, dict):
+                    reading = MappingProxyType(reading)
+                engine.observe_health(rec["node"], rec["t"], reading)
+            else:
+                result = apply_record(engine, kind, rec)
             routed = None
             fields: Mapping[str, Any] = rec
             if kind == "request":
                 assert isinstance(result, Decision)
                 routed = result.node if result.routed else None
-                fields = {**rec, "resolved": spec_model(self.catalogue, rec["model"])}
+                fields = {
+                    **rec,
+                    "resolved": spec_model(self.catalogue_of(monitor), rec["model"]),
+                    "outcome": result.outcome.value,
+                }
             monitor = monitor.after(kind, fields, routed)
             if before is not None:
-                self._note_transition(kind, rec, before, engine)
+                self._note_transition(kind, rec, before, engine, monitor)
         return monitor
 
     def _note_transition(
-        self, kind: str, rec: Mapping[str, Any], before: Mapping[str, HealthState], engine: Engine
+        self,
+        kind: str,
+        rec: Mapping[str, Any],
+        before: Mapping[str, HealthState],
+        engine: Engine,
+        monitor: Monitor,
     ) -> None:
         node = rec["node"]
         if node is None or node not in before or not engine.has_node(node):
@@ -891,9 +1031,12 @@ class _World:
             if result is None:
                 return
             event = "request_ok" if result else "request_failed"
-        if not self.policy.passive_health and event.startswith("request"):
+        policy = monitor.policy
+        if not policy.passive_health and event.startswith("request"):
             return
-        self.transitions.add((self.threshold, before[node].label, event, engine.state(node).label))
+        self.transitions.add(
+            (policy.failure_threshold, before[node].label, event, engine.state(node).label)
+        )
 
     def ask(self, engine: Engine) -> list[tuple[str, frozenset[str], Decision]]:
         """Every request of the world, without and with exclusions (this fills
@@ -905,7 +1048,7 @@ class _World:
         return out
 
     def key(self, engine: Engine, monitor: Monitor) -> tuple[Any, ...]:
-        return (self.keyer.engine(engine), monitor.key())
+        return (self.keyer.engine(engine), monitor.key(), _report_drift(engine, monitor))
 
     # -- checking --
 
@@ -928,9 +1071,21 @@ class _World:
                 )
             )
             return found
+        listed = sorted(n.name for n in engine.neurons)
+        if listed != sorted(mon_names):
+            found.append(
+                Violation(
+                    invariant="FLEET",
+                    detail=f"the engine lists the neurons {listed}, its adds and removes say "
+                    f"{sorted(mon_names)}",
+                )
+            )
+        found.extend(self._reports(engine, monitor))
         snapshot = engine.snapshot()
         by_name = {n.name: n for n in snapshot.nodes}
-        threshold = self.threshold
+        policy = monitor.policy
+        catalogue = self.catalogue_of(monitor)
+        threshold = policy.failure_threshold
         order_engine = _recency(snapshot)
         order_monitor = _recency(monitor.snapshot())
         for mon in monitor.nodes:
@@ -968,6 +1123,15 @@ class _World:
                         f"/discovery answers say {_disc_text(mon.discovery)}",
                     )
                 )
+            asks = engine.needs_discovery(mon.name)
+            if asks is not mon.needs_discovery:
+                found.append(
+                    Violation(
+                        invariant="D2",
+                        detail=f"{mon.name} {'asks' if asks else 'does not ask'} for /discovery "
+                        f"again, holding {_disc_text(mon.discovery)} by its answers",
+                    )
+                )
             if not l1(mon.busy, node.busy):
                 found.append(
                     Violation(
@@ -996,27 +1160,45 @@ class _World:
                 )
             )
         n = len(monitor.nodes)
-        for name in ("H1", "H2", "H3", "H4", "H5", "H6", "HSPEC", "F1", "D1", "L1", "L2"):
+        for name in ("H1", "H2", "H3", "H4", "H5", "H6", "HSPEC", "F1", "D1", "D2", "L1", "L2"):
             checked[name] += n
+        checked["STATUS"] += n
+        checked["FLEET"] += 1
+        checked["STAT"] += 1
         mon_snap = monitor.snapshot()
         mon_order = _recency_rank(mon_snap)
         eng_order = _recency_rank(snapshot)
         views = None
         project = self._projection
+        config = (policy, id(catalogue))
+        own = engine.catalogue
+        own_config = (engine.policy, id(own))
         for requested, exclude, decision in asked:
-            memo_key = (project(mon_snap, mon_order, requested, exclude), decision)
+            memo_key = (
+                config,
+                project(mon_snap, mon_order, catalogue, requested, exclude),
+                decision,
+            )
             bad = self._routing_memo.get(memo_key)
             if bad is None:
-                bad = self._judge(mon_snap, requested, exclude, decision)
+                bad = self._judge(
+                    mon_snap,
+                    catalogue,
+                    policy,
+                    requested=requested,
+                    exclude=exclude,
+                    decision=decision,
+                )
                 self._routing_memo[memo_key] = bad
             found.extend(bad)
-            r5_key = (project(snapshot, eng_order, requested, exclude), decision)
+            r5_key = (own_config, project(snapshot, eng_order, own, requested, exclude), decision)
             same = self._r5_memo.get(r5_key)
             if same is None:
                 if views is None:
                     views = reordered_views(snapshot)
-                again = [decide(snapshot, self.catalogue, requested, self.policy, exclude)]
-                again += [decide(v, self.reversed, requested, self.policy, exclude) for v in views]
+                mirrored = self.reversed_catalogue(own)
+                again = [decide(snapshot, own, requested, engine.policy, exclude)]
+                again += [decide(v, mirrored, requested, engine.policy, exclude) for v in views]
                 same = all(d == decision for d in again)
                 self._r5_memo[r5_key] = same
             if not same:
@@ -1035,10 +1217,43 @@ class _World:
             checked[name] += routing
         return found
 
+    def _reports(self, engine: Engine, monitor: Monitor) -> Found:
+        """STAT and STATUS: what ``statistics()`` and ``status()`` report,
+        against the monitor's count of what was observed (docs/semantics.md
+        "Reports")."""
+        found: Found = []
+        stats = engine.statistics()
+        wrong = [
+            f"{name} {getattr(stats, name)} (observed: {monitor.count(name)})"
+            for name in REPORTS
+            if getattr(stats, name) != monitor.count(name)
+        ]
+        decided = {k: v for k, v in sorted(monitor.decisions.items()) if v}
+        if dict(stats.decisions) != decided:
+            wrong.append(f"decisions {dict(stats.decisions)} (routed: {decided})")
+        if wrong:
+            detail = "statistics() says " + ", ".join(wrong)
+            found.append(Violation(invariant="STAT", detail=detail))
+        for mon in monitor.nodes:
+            status = engine.status(mon.name)
+            label = spec_label(mon.health)
+            shown = (status.state.label, stats.states.get(mon.name))
+            if shown != (label, label) or status.consecutive_failures != mon.failures:
+                found.append(
+                    Violation(
+                        invariant="STATUS",
+                        detail=f"{mon.name}: status() shows {shown[0]!r} with "
+                        f"{status.consecutive_failures} consecutive failure(s), statistics() "
+                        f"{shown[1]!r}; its events say {label!r} with {mon.failures}",
+                    )
+                )
+        return found
+
     def _projection(
         self,
         fleet: FleetSnapshot,
         order: Mapping[tuple[str, str], int],
+        catalogue: Catalogue,
         requested: str,
         exclude: frozenset[str],
     ) -> tuple[Any, ...]:
@@ -1046,8 +1261,8 @@ class _World:
         can depend on: per node its name, health, exclusion, the resolved model's
         status, reported load, local count and recency, and (for a catalogued
         model) its discovery. Checks are memoised on it."""
-        model = spec_model(self.catalogue, requested)
-        profiled = model in self.catalogue.profiles
+        model = spec_model(catalogue, requested)
+        profiled = model in catalogue.profiles
         out: list[Any] = [requested, exclude]
         for n in fleet.nodes:
             entry = n.models.get(model)
@@ -1065,10 +1280,18 @@ class _World:
         return tuple(out)
 
     def _judge(
-        self, fleet: FleetSnapshot, requested: str, exclude: frozenset[str], decision: Decision
+        self,
+        fleet: FleetSnapshot,
+        catalogue: Catalogue,
+        policy: Policy,
+        *,
+        requested: str,
+        exclude: frozenset[str],
+        decision: Decision,
     ) -> list[Violation]:
-        """The routing invariants of ``decision`` on the monitor's fleet, and coverage."""
-        conditions = spec_conditions(fleet, self.catalogue, requested, self.policy, exclude)
+        """The routing invariants of ``decision`` on the monitor's fleet, under the
+        configuration in force, and coverage."""
+        conditions = spec_conditions(fleet, catalogue, requested, policy, exclude)
         rows = matching_rules(conditions)
         if len(rows) == 1:
             self.rows.add(RULES.index(rows[0]))
@@ -1081,11 +1304,10 @@ class _World:
                 request=requested,
                 exclude=exclude,
             )
-            for name in check_decision(
-                fleet, self.catalogue, decision, policy=self.policy, exclude=exclude
-            )
+            for name in check_decision(fleet, catalogue, decision, policy=policy, exclude=exclude)
         ]
-        if len(rows) != 1 or rows[0].outcome is not _spec_outcome(fleet, self, requested, exclude):
+        spec_outcome = spec_decide(fleet, catalogue, requested, policy, exclude).outcome
+        if len(rows) != 1 or rows[0].outcome is not spec_outcome:
             bad.append(
                 Violation(
                     invariant="SPEC",
@@ -1235,12 +1457,26 @@ def _outcome(t: float, key: tuple[str, int], node: str | None, result: str) -> d
     }
 
 
-def _spec_outcome(
-    fleet: FleetSnapshot, world: _World, requested: str, exclude: frozenset[str]
-) -> Outcome:
-    from .invariants import spec_decide
-
-    return spec_decide(fleet, world.catalogue, requested, world.policy, exclude).outcome
+def _report_drift(engine: Engine, monitor: Monitor) -> tuple[Any, ...]:
+    """How far the engine's report counters are from the monitor's count: all
+    zero for an engine that reports right, so the state space does not grow;
+    a counter that drifts makes a new state, which is then checked (STAT,
+    STATUS), however the path reached it."""
+    state = vars(engine)
+    counts = tuple(state["_" + name] - monitor.count(name) for name in REPORTS)
+    decided: dict[str, int] = {}
+    for rule, n in state["_decisions"].items():
+        outcome = RULE_OUTCOME[rule].value
+        decided[outcome] = decided.get(outcome, 0) + n
+    for outcome, n in monitor.decisions.items():
+        decided[outcome] = decided.get(outcome, 0) - n
+    nodes = state["_nodes"]
+    failures = tuple(
+        (mon.name, nodes[mon.name].failures - mon.failures)
+        for mon in monitor.nodes
+        if mon.name in nodes and nodes[mon.name].failures != mon.failures
+    )
+    return (counts, tuple(sorted((o, n) for o, n in decided.items() if n)), failures)
 
 
 def _recency(fleet: FleetSnapshot) -> list[tuple[str, str]]:
@@ -1413,7 +1649,8 @@ def _path_events(world: _World, cx: Counterexample) -> Iterator[TraceEvent]:
         assert recs is not None
         monitor = world.apply(engine, monitor, recs)
         for rec in recs:
-            yield _typed(rec)
+            if rec["kind"] != "finish":  # enabled only where it changes nothing
+                yield _typed(rec)
     t = float(step)
     for i, (requested, exclude) in enumerate(_final_requests(cx, world.world.requests)):
         yield RequestEvent(t=t, id=f"final-{i}", model=requested, exclude=tuple(sorted(exclude)))
@@ -1443,6 +1680,8 @@ def _typed(rec: Mapping[str, Any]) -> TraceEvent:
         )
     if kind == "neuron_added":
         return NeuronAddedEvent(t=t, neuron=rec["neuron"])
+    if kind == "reconfigured":
+        return ReconfiguredEvent(t=t, policy=rec.get("policy"), catalogue=rec.get("catalogue"))
     node: str = rec["node"]
     if kind == "discovery":
         return DiscoveryEvent(t=t, node=node, ok=rec["ok"], body=rec.get("body"))

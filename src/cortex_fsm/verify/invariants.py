@@ -39,6 +39,10 @@ Beyond the named invariants, these make the rest of the text checkable:
 * ``L1`` -- a node's load readings are exactly what its ``/health`` answers say;
 * ``L2`` -- its local in-flight counts and recency are what routed requests
   and their outcomes say (§8);
+* ``D2`` -- a node's ``/discovery`` is fetched again until a complete one is held;
+* ``FLEET``, ``STATUS``, ``STAT`` -- what the engine reports (its list of
+  neurons, each node's status, its statistics) is what the observations
+  say (docs/semantics.md "Reports");
 * ``SPEC`` -- the decision is the one the ordered rules give
   (:func:`spec_decide`), read literally;
 * ``ANSWER`` -- what the client is told (HTTP status, error type and code,
@@ -134,6 +138,13 @@ INVARIANTS: Mapping[str, str] = {
     "L1": "a node's load readings are exactly what its /health answers say",
     "L2": "a node's local in-flight counts and recency are what routed requests and "
     "their outcomes say",
+    "D2": "a node asks for /discovery again exactly while it holds no complete discovery",
+    "FLEET": "the fleet the engine lists (its neurons and nodes) is the one its adds and "
+    "removes say",
+    "STATUS": "a node's status shows its health by the spec's name and the failures in a row "
+    "its events say",
+    "STAT": "the engine's statistics count exactly the polls, discoveries, readings, "
+    "transitions and decisions observed",
     "SPEC": "the decision is the one the ordered rules of docs/semantics.md give",
     "ANSWER": "the client is told exactly the status, error type, code and Retry-After "
     "of the outcome under the policy in force",

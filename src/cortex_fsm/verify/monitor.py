@@ -22,7 +22,19 @@ docs/semantics.md says the engine must know:
   else keeps them);
 * the **requests routed to it and not yet finished**, and the **recency** of
   each replica (§8), from the engine's routed decisions and the outcomes;
-* whether it is in the fleet at all (§12).
+* whether it is in the fleet at all (§12);
+* the configuration in force: the policy and catalogue the world started
+  with, replaced by each reconfiguration (§12), the failure threshold's
+  change mapping ``suspect(n)`` with ``n >= T'`` to ``unhealthy``;
+* what the engine's **reports** must say (docs/semantics.md "Reports"): how
+  many polls succeeded and failed, discoveries were taken and ignored,
+  ``/health`` readings were valid and invalid, health transitions happened,
+  decisions were counted per outcome, and per node its consecutive failures.
+
+The policy a world runs under is built here from the spec's own table of
+values (:data:`SPEC_DEFAULTS`, :data:`SPEC_REFERENCE`, written from
+docs/semantics.md Part II), never from :class:`~cortex_fsm.policy.Policy`'s
+defaults, so a wrong default in the code disagrees with the monitor.
 
 Every answer body is validated here again, by code written from §1 rather
 than by :mod:`cortex_fsm.wire`, so a validation bug cannot hide either.
@@ -42,14 +54,20 @@ from typing import Any
 
 import attrs
 
+from ..catalogue import Catalogue
 from ..fleet import Device, Discovery, FleetSnapshot, ModelEntry, ModelStatus, NodeSnapshot
 from ..health import HealthState, Phase
 from ..policy import Policy
 
 __all__ = [
+    "REPORTS",
+    "SPEC_DEFAULTS",
+    "SPEC_REFERENCE",
     "HealthHistory",
     "Monitor",
     "NodeMonitor",
+    "spec_label",
+    "spec_policy",
     "spec_discovery",
     "spec_health",
     "spec_models",
@@ -61,6 +79,62 @@ _SERVING = (ModelStatus.LOADED, ModelStatus.RELOADING)
 _HEALTHY = HealthState(phase=Phase.HEALTHY)
 _UNHEALTHY = HealthState(phase=Phase.UNHEALTHY)
 _UNKNOWN = HealthState(phase=Phase.UNKNOWN)
+
+
+# --- the policy keys, from the table of docs/semantics.md Part II ----------------------------
+
+#: Every policy key at its default (docs/semantics.md, Part II's table).
+SPEC_DEFAULTS: Mapping[str, object] = {
+    "failure_threshold": 3,
+    "poll_interval": 10.0,
+    "io_errors": "extension",
+    "passive_health": True,
+    "max_attempts": 2,
+    "load": "max",
+    "retry_after_no_healthy_nodes": 5,
+    "retry_after_recovering": 2,
+    "retry_after_unhealthy": 3,
+    "retry_after_upstream": 3,
+    "lifecycle": "managed",
+    "known_down": "retry",
+}
+#: Every Part II key at its reference value; Part I keys at their (shared) default.
+SPEC_REFERENCE: Mapping[str, object] = {
+    **SPEC_DEFAULTS,
+    "passive_health": False,
+    "max_attempts": 1,
+    "load": "reported",
+    "known_down": "reference",
+}
+
+
+def spec_policy(base: str = "defaults", **values: object) -> Policy:
+    """The policy the spec describes: ``base`` (``defaults`` or ``reference``)
+    with ``values`` over it, every key given explicitly (no default of the
+    code's is used)."""
+    table = SPEC_DEFAULTS if base == "defaults" else SPEC_REFERENCE
+    return Policy(**{**table, **values})  # type: ignore[arg-type]
+
+
+def spec_label(state: HealthState) -> str:
+    """A health state's name as traces, transitions and status show it (§2):
+    ``unknown``, ``healthy``, ``suspect(n)``, ``unhealthy``."""
+    phase = state.phase
+    if phase is Phase.SUSPECT:
+        return f"suspect({state.failures})"
+    return {Phase.UNKNOWN: "unknown", Phase.HEALTHY: "healthy"}.get(phase, "unhealthy")
+
+
+#: The counters of ``Engine.statistics()`` the monitor keeps (docs/semantics.md "Reports").
+REPORTS: tuple[str, ...] = (
+    "polls_ok",
+    "polls_failed",
+    "discoveries",
+    "discoveries_ignored",
+    "health_readings",
+    "health_invalid",
+    "transitions",
+)
 
 
 # --- §1, answer by answer, from the text ------------------------------------------------------
@@ -219,7 +293,10 @@ def _without(mapping: Mapping[str, int], key: str) -> dict[str, int]:
 
 @attrs.frozen(slots=True, kw_only=True)
 class NodeMonitor:
-    """One node as its observations say it must be."""
+    """One node as its observations say it must be.
+
+    ``failures`` is the consecutive-failure count ``status()`` reports (not
+    part of the key: it is a report, judged by STATUS)."""
 
     name: str
     health: HealthState = _UNKNOWN
@@ -229,10 +306,17 @@ class NodeMonitor:
     busy: Mapping[str, int] = attrs.field(factory=dict)
     local: Mapping[str, int] = attrs.field(factory=dict)
     chosen: Mapping[str, int] = attrs.field(factory=dict)
+    failures: int = 0
 
     @property
     def routable(self) -> bool:
         return self.health.phase is Phase.HEALTHY or self.health.phase is Phase.SUSPECT
+
+    @property
+    def needs_discovery(self) -> bool:
+        """§1: ``/discovery`` is fetched again until a complete answer
+        (``max_prompt_tokens > 0``) is cached."""
+        return self.discovery is None or not self.discovery.max_prompt_tokens > 0
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -246,30 +330,63 @@ class NodeMonitor:
         )
 
 
+#: An attempt routed and not yet finished: its key (request id, attempt), its
+#: node and resolved model, and whether it started a local count (load = max).
+Open = tuple[tuple[str, int], str, str, bool]
+
+
 @attrs.frozen(slots=True, kw_only=True)
 class Monitor:
     """The whole fleet as its observations say it must be.
 
-    ``open`` lists the attempts routed under a key and not yet finished:
-    ``(key, node, model)``; ``seq`` counts routed requests (recency).
+    ``open`` lists the attempts routed under a key and not yet finished;
+    ``seq`` counts routed requests (recency). ``policy`` and ``catalogue``
+    are the configuration in force (``catalogue`` None: the one the caller
+    started with). ``counts`` and ``decisions`` are what
+    ``Engine.statistics()`` must report (not part of the key).
     """
 
     policy: Policy
     nodes: tuple[NodeMonitor, ...]
+    catalogue: Catalogue | None = None
     seq: int = 0
-    open: tuple[tuple[tuple[str, int], str, str], ...] = ()
+    open: tuple[Open, ...] = ()
     #: attempts in flight to a node when it left: their outcomes teach nothing
     stale: tuple[tuple[str, int], ...] = ()
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    decisions: Mapping[str, int] = attrs.field(factory=dict)
+    #: also list the attempts that started no count (routed under ``load =
+    #: "reported"``), for a caller that wants to end them; their outcomes
+    #: change no count either way
+    uncounted: bool = False
 
     @classmethod
-    def start(cls, names: tuple[str, ...], policy: Policy) -> Monitor:
-        return cls(policy=policy, nodes=tuple(NodeMonitor(name=n) for n in names))
+    def start(
+        cls,
+        names: tuple[str, ...],
+        policy: Policy,
+        catalogue: Catalogue | None = None,
+        *,
+        uncounted: bool = False,
+    ) -> Monitor:
+        return cls(
+            policy=policy,
+            catalogue=catalogue,
+            nodes=tuple(NodeMonitor(name=n) for n in names),
+            uncounted=uncounted,
+        )
 
     def node(self, name: str) -> NodeMonitor | None:
         for n in self.nodes:
             if n.name == name:
                 return n
         return None
+
+    def count(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+    def _counted(self, name: str) -> Monitor:
+        return attrs.evolve(self, counts={**self.counts, name: self.counts.get(name, 0) + 1})
 
     def _with(self, node: NodeMonitor) -> Monitor:
         return attrs.evolve(
@@ -278,24 +395,45 @@ class Monitor:
 
     def _health_event(self, node: NodeMonitor, event: str) -> NodeMonitor:
         policy = self.policy
+        passive = policy.passive_health
+        failures = node.failures
+        if event == "poll_ok" or (event == "request_ok" and passive and node.routable):
+            failures = 0
+        elif event == "poll_failed" or (
+            event == "request_failed" and passive and node.health.phase is not Phase.UNKNOWN
+        ):
+            failures += 1
         return attrs.evolve(
             node,
-            health=spec_next_health(
-                node.health, event, policy.failure_threshold, passive=policy.passive_health
-            ),
+            health=spec_next_health(node.health, event, policy.failure_threshold, passive=passive),
             history=node.history.after(
                 event,
                 routable_before=node.routable,
                 threshold=policy.failure_threshold,
-                passive=policy.passive_health,
+                passive=passive,
             ),
+            failures=failures,
         )
+
+    def _event(self, node: NodeMonitor, event: str) -> Monitor:
+        """``node`` after a health event; a change of state is a transition."""
+        after = self._health_event(node, event)
+        monitor = self._with(after)
+        if after.health != node.health:
+            monitor = monitor._counted("transitions")
+        return monitor
 
     def after(self, kind: str, fields: Mapping[str, Any], routed: str | None = None) -> Monitor:
         """The monitor after one trace record. For a ``request``, ``routed`` is
-        the node the engine routed it to (None: not routed)."""
+        the node the engine routed it to (None: not routed) and
+        ``fields["outcome"]``, when given, the outcome it was counted under."""
         if kind == "request":
-            return self._routed(fields, routed)
+            monitor = self
+            outcome = fields.get("outcome")
+            if outcome is not None:
+                decisions = {**self.decisions, outcome: self.decisions.get(outcome, 0) + 1}
+                monitor = attrs.evolve(self, decisions=decisions)
+            return monitor._routed(fields, routed)
         if kind == "outcome":
             return self._outcome(fields)
         if kind == "neuron_added":
@@ -309,6 +447,10 @@ class Monitor:
                 open=tuple(o for o in self.open if o[1] != name),
                 stale=(*self.stale, *(o[0] for o in self.open if o[1] == name)),
             )
+        if kind == "reconfigured":
+            return self._reconfigured(fields)
+        if kind == "finish":
+            return self._end(fields["node"], fields["model"])
         node = self.node(fields["node"])
         if node is None:
             return self
@@ -316,18 +458,21 @@ class Monitor:
             found = spec_discovery(fields["body"]) if fields["ok"] else None
             cached = node.discovery
             if found is None or (cached is not None and cached.max_prompt_tokens > 0):
-                return self
-            return self._with(attrs.evolve(node, discovery=found))
+                return self._counted("discoveries_ignored")
+            return self._with(attrs.evolve(node, discovery=found))._counted("discoveries")
         if kind == "models":
             report = spec_models(fields["body"]) if fields["ok"] else None
             if report is None:
-                return self._with(self._health_event(node, "poll_failed"))
-            return self._with(attrs.evolve(self._health_event(node, "poll_ok"), models=report))
+                return self._event(node, "poll_failed")._counted("polls_failed")
+            monitor = self._event(node, "poll_ok")._counted("polls_ok")
+            polled = monitor.node(node.name)
+            assert polled is not None
+            return monitor._with(attrs.evolve(polled, models=report))
         if kind == "health":
             reading = spec_health(fields["body"]) if fields["ok"] else None
             if reading is None:
-                return self
-            return self._with(attrs.evolve(node, busy=reading))
+                return self._counted("health_invalid")
+            return self._with(attrs.evolve(node, busy=reading))._counted("health_readings")
         if kind == "load":
             if not fields["ok"]:
                 return self
@@ -341,19 +486,41 @@ class Monitor:
             return self._with(
                 attrs.evolve(node, models={**node.models, model: ModelStatus.UNLOADED})
             )
-        return self  # truth, reconfigured: nothing the monitor tracks
+        return self  # truth: nothing the monitor tracks
+
+    def _reconfigured(self, fields: Mapping[str, Any]) -> Monitor:
+        """§12: the new policy and/or catalogue apply from now on; everything
+        observed is kept, but under a new threshold ``T'`` a node in
+        ``suspect(n)`` with ``n >= T'`` has had ``T'`` failures: ``unhealthy``."""
+        monitor = self
+        catalogue = fields.get("catalogue")
+        if catalogue is not None:
+            monitor = attrs.evolve(monitor, catalogue=catalogue)
+        policy = fields.get("policy")
+        if policy is None:
+            return monitor
+        monitor = attrs.evolve(monitor, policy=policy)
+        for n in monitor.nodes:
+            if n.health.phase is Phase.SUSPECT and n.health.failures >= policy.failure_threshold:
+                monitor = monitor._with(attrs.evolve(n, health=_UNHEALTHY))._counted("transitions")
+        return monitor
 
     def _routed(self, fields: Mapping[str, Any], routed: str | None) -> Monitor:
-        """A request the engine routed to ``routed`` (§8: counted under ``load =
-        "max"`` only). ``fields["resolved"]`` is the model it resolved to."""
-        if routed is None or self.policy.load != "max":
+        """A request the engine routed to ``routed`` (§8: a local count and a
+        stamp under ``load = "max"`` only). ``fields["resolved"]`` is the model
+        it resolved to."""
+        if routed is None:
             return self
         key = (fields["id"], fields.get("attempt") or 1)
+        model = fields["resolved"]
+        if self.policy.load != "max":
+            if not self.uncounted:
+                return self
+            return attrs.evolve(self, open=(*self.open, (key, routed, model, False)))
         monitor = self._finish(key)  # a key used again: its earlier attempt ends
         node = monitor.node(routed)
         if node is None:
             return monitor
-        model = fields["resolved"]
         seq = monitor.seq + 1
         node = attrs.evolve(
             node,
@@ -361,21 +528,28 @@ class Monitor:
             chosen={**node.chosen, model: seq},
         )
         monitor = monitor._with(node)
-        return attrs.evolve(monitor, seq=seq, open=(*monitor.open, (key, routed, model)))
+        return attrs.evolve(monitor, seq=seq, open=(*monitor.open, (key, routed, model, True)))
 
     def _finish(self, key: tuple[str, int]) -> Monitor:
-        """The attempt routed under ``key`` (if open) ends: one local count less."""
+        """The attempt routed under ``key`` (if open) ends: if it started a local
+        count, one count of its replica less."""
         for entry in self.open:
             if entry[0] == key:
-                _key, name, model = entry
+                _key, name, model, counted = entry
                 monitor = attrs.evolve(self, open=tuple(o for o in self.open if o != entry))
-                node = monitor.node(name)
-                if node is None:
-                    return monitor
-                n = node.local.get(model, 0) - 1
-                local = _without(node.local, model) if n <= 0 else {**node.local, model: n}
-                return monitor._with(attrs.evolve(node, local=local))
+                return monitor._end(name, model) if counted else monitor
         return self
+
+    def _end(self, name: str, model: str) -> Monitor:
+        """§8: one local count of (``name``, ``model``) ends; none open: nothing."""
+        node = self.node(name)
+        if node is None:
+            return self
+        n = node.local.get(model, 0)
+        if n <= 0:
+            return self
+        local = _without(node.local, model) if n == 1 else {**node.local, model: n - 1}
+        return self._with(attrs.evolve(node, local=local))
 
     def _outcome(self, fields: Mapping[str, Any]) -> Monitor:
         key = (fields["id"], fields["attempt"])
@@ -389,9 +563,7 @@ class Monitor:
         result = _attempt_result(fields)
         if result is None:
             return monitor
-        return monitor._with(
-            monitor._health_event(node, "request_ok" if result else "request_failed")
-        )
+        return monitor._event(node, "request_ok" if result else "request_failed")
 
     def snapshot(self) -> FleetSnapshot:
         """The fleet the invariants judge, as the observations say it must be."""
@@ -411,13 +583,16 @@ class Monitor:
         )
 
     def key(self) -> tuple[Any, ...]:
-        """Everything but the absolute recency numbers (their order is kept)."""
+        """Everything but the absolute recency numbers (their order is kept) and
+        the reports' counters; the configuration in force by identity."""
         order = sorted((seq, n.name, m) for n in self.nodes for m, seq in n.chosen.items())
         return (
             tuple(n.key() for n in self.nodes),
             tuple((name, m) for _seq, name, m in order),
-            tuple(sorted((node, model) for _key, node, model in self.open)),
+            tuple(sorted((node, model, counted) for _key, node, model, counted in self.open)),
             len(self.stale),
+            self.policy,
+            id(self.catalogue),
         )
 
 
