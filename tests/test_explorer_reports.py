@@ -97,6 +97,22 @@ def test_a_wrong_default_threshold_disagrees_with_the_spec() -> None:
     assert "HSPEC" in _invariants(cx), cx.violations
 
 
+@pytest.mark.parametrize("limit", [9_999, 10_001])
+def test_a_wrong_limit_of_the_threshold_fails_policy(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """The spec's table says 1..10000: a validation one off either way is
+    reported at the start of every world."""
+    import cortex_fsm.health
+
+    monkeypatch.setattr(cortex_fsm.health, "MAX_FAILURE_THRESHOLD", limit)
+    cx = _found("health", 0)
+    assert _invariants(cx) == {"POLICY"}, cx.violations
+    assert "failure_threshold = 10000" in cx.violations[0].detail or (
+        "failure_threshold = 10001" in cx.violations[0].detail
+    )
+
+
 # --- D2: the refetch rule ----------------------------------------------------------------------
 
 

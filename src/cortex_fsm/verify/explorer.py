@@ -109,7 +109,14 @@ from .invariants import (
     spec_feasible,
     spec_model,
 )
-from .monitor import REPORTS, Monitor, NodeMonitor, spec_label, spec_policy
+from .monitor import (
+    REPORTS,
+    Monitor,
+    NodeMonitor,
+    spec_label,
+    spec_policy,
+    spec_policy_problems,
+)
 
 __all__ = [
     "DEFAULT_WORLDS",
@@ -1330,6 +1337,8 @@ class _World:
         root = self.key(engine, monitor)
         seen: set[tuple[Any, ...]] = {root}
         found = self.check(engine, monitor, asked)
+        found += [Violation(invariant="POLICY", detail=p) for p in spec_policy_problems()]
+        self.checked["POLICY"] += 1
         violated: dict[str, int] = {}
         bad: tuple[tuple[Move, ...], Found] | None = None
         if found:

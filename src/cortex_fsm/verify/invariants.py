@@ -145,6 +145,7 @@ INVARIANTS: Mapping[str, str] = {
     "its events say",
     "STAT": "the engine's statistics count exactly the polls, discoveries, readings, "
     "transitions and decisions observed",
+    "POLICY": "every policy key accepts exactly the values of the spec's table",
     "SPEC": "the decision is the one the ordered rules of docs/semantics.md give",
     "ANSWER": "the client is told exactly the status, error type, code and Retry-After "
     "of the outcome under the policy in force",

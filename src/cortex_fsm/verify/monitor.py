@@ -55,6 +55,7 @@ from typing import Any
 import attrs
 
 from ..catalogue import Catalogue
+from ..errors import ConfigError
 from ..fleet import Device, Discovery, FleetSnapshot, ModelEntry, ModelStatus, NodeSnapshot
 from ..health import HealthState, Phase
 from ..policy import Policy
@@ -62,12 +63,15 @@ from ..policy import Policy
 __all__ = [
     "REPORTS",
     "SPEC_DEFAULTS",
+    "SPEC_RANGES",
     "SPEC_REFERENCE",
+    "SPEC_WORDS",
     "HealthHistory",
     "Monitor",
     "NodeMonitor",
     "spec_label",
     "spec_policy",
+    "spec_policy_problems",
     "spec_discovery",
     "spec_health",
     "spec_models",
@@ -106,6 +110,48 @@ SPEC_REFERENCE: Mapping[str, object] = {
     "load": "reported",
     "known_down": "reference",
 }
+
+
+#: The integers each integer key accepts (the table's "type / range" column).
+SPEC_RANGES: Mapping[str, tuple[int, int]] = {
+    "failure_threshold": (1, 10000),
+    "max_attempts": (1, 8),
+    "retry_after_no_healthy_nodes": (1, 3600),
+    "retry_after_recovering": (1, 3600),
+    "retry_after_unhealthy": (1, 3600),
+    "retry_after_upstream": (1, 3600),
+}
+#: The words each choice key accepts.
+SPEC_WORDS: Mapping[str, tuple[str, ...]] = {
+    "io_errors": ("extension", "reference"),
+    "load": ("max", "reported"),
+    "lifecycle": ("managed", "static"),
+    "known_down": ("retry", "reference"),
+}
+
+
+def spec_policy_problems() -> list[str]:
+    """Where the code's policy validation disagrees with the spec's table:
+    each integer key at both ends of its range and one past each, each word
+    and one more word. Empty when they agree."""
+    tries: list[tuple[str, object, bool]] = []
+    for key, (low, high) in SPEC_RANGES.items():
+        tries += [(key, low, True), (key, high, True), (key, low - 1, False)]
+        tries.append((key, high + 1, False))
+    for key, words in SPEC_WORDS.items():
+        tries += [(key, word, True) for word in words]
+        tries.append((key, "other", False))
+    problems = []
+    for key, value, valid in tries:
+        try:
+            spec_policy("defaults", **{key: value})
+            accepted = True
+        except ConfigError:
+            accepted = False
+        if accepted is not valid:
+            verb = "accepts" if accepted else "refuses"
+            problems.append(f"{key} = {value!r}: the policy {verb} it, the spec's table does not")
+    return problems
 
 
 def spec_policy(base: str = "defaults", **values: object) -> Policy:
