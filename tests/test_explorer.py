@@ -15,6 +15,7 @@ from tests.verify_support import ROOT, run_module
 
 from cortex_fsm.engine import Engine
 from cortex_fsm.fleet import PollFailure
+from cortex_fsm.verify.clone import _copy
 from cortex_fsm.verify.explorer import (
     DEFAULT_WORLDS,
     REQUESTS,
@@ -282,6 +283,64 @@ def test_a_clone_shares_no_mutable_state() -> None:
     containers(engine, set(), mine)
     containers(clone, set(), theirs)
     assert mine and not (mine & theirs)
+
+
+def _structure(obj: Any, seen: dict[int, int]) -> Any:
+    """An engine's whole state as plain data, each record numbered by its first
+    visit, so two engines compare equal only with the same values and the same
+    sharing between their records."""
+    if id(obj) in seen:
+        return ("same as", seen[id(obj)])
+    if isinstance(obj, dict):
+        seen[id(obj)] = len(seen)
+        return (type(obj).__name__, [(k, _structure(v, seen)) for k, v in obj.items()])
+    if isinstance(obj, list | set):
+        seen[id(obj)] = len(seen)
+        items = sorted(obj, key=repr) if isinstance(obj, set) else obj
+        return (type(obj).__name__, [_structure(v, seen) for v in items])
+    if type(obj).__module__ == "cortex_fsm.engine":
+        seen[id(obj)] = len(seen)
+        slots = getattr(type(obj), "__slots__", ())
+        fields = [(s, getattr(obj, s)) for s in slots if hasattr(obj, s)]
+        fields += sorted(getattr(obj, "__dict__", {}).items())
+        return (type(obj).__name__, [(k, _structure(v, seen)) for k, v in fields])
+    return obj
+
+
+def test_the_engines_copy_is_the_generic_copiers() -> None:
+    """The copy written for the engine's own fields and records gives what the
+    generic copier gives: the same values and the same sharing (a node's record
+    in the indexes is the node's record)."""
+    world = _World(world_named("load"), stop_at_first=True)
+    engine, monitor = world.fresh()
+    path = [
+        Move("models", "n0", "loaded"),
+        Move("models", "n1", "loaded"),
+        Move("health", "n0", "one"),
+        Move("route", None, "big"),
+        Move("route", None, "tier/big"),
+        Move("models", "n2", "failed"),
+    ]
+    for t, move in enumerate(path, start=1):
+        records = world.records(move, t, engine, monitor)
+        assert records is not None, move
+        monitor = world.apply(engine, monitor, records)
+        world.ask(engine)
+    assert engine._open and engine._picks and engine._cache
+    fast = clone_engine(engine, world.shared)
+    generic = _copy(engine, dict(world.shared))
+    assert _structure(fast, {}) == _structure(generic, {}) == _structure(engine, {})
+    assert fast._holders["big"]["n0"] is fast._nodes["n0"]
+
+
+def test_a_field_the_copy_does_not_know_is_copied_by_the_generic_copier() -> None:
+    engine = WORLD.fresh()[0]
+    engine.extra = [["a"], {"b": []}]  # type: ignore[attr-defined]
+    clone = clone_engine(engine)
+    assert clone.extra == [["a"], {"b": []}]  # type: ignore[attr-defined]
+    assert clone.extra is not engine.extra  # type: ignore[attr-defined]
+    assert clone.extra[0] is not engine.extra[0]  # type: ignore[attr-defined]
+    assert clone.extra[1]["b"] is not engine.extra[1]["b"]  # type: ignore[attr-defined]
 
 
 def test_the_key_holds_the_decision_cache_and_the_memo() -> None:

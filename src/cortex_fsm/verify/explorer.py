@@ -61,6 +61,7 @@ decision; whether the replay reproduces it is checked and reported.
 
 from __future__ import annotations
 
+import copy
 import math
 import multiprocessing
 import os
@@ -364,6 +365,11 @@ class World:
     #: decoder hands them to ``Engine.observe_health`` (a dict), and at odd
     #: multiples of 3 as a read-only mapping; the others as bodies
     parsed_health: bool = False
+    #: what exploring the world costs, relative to the others (CPU seconds
+    #: measured by benchmarks/verify_bench.py): the workers take the costliest
+    #: first, so that the longest world does not start last. It orders the work,
+    #: never changes it; None (and any other bound): estimated from the alphabet
+    cost: float | None = None
 
     @property
     def nodes(self) -> int:
@@ -392,6 +398,7 @@ class World:
             policy=policy,
             spec_policy=spec,
             depth=self.depth if depth is None else depth,
+            cost=self.cost if (nodes, threshold, depth) == (None, None, None) else None,
         )
 
 
@@ -431,6 +438,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("report", "ok"),
             ("report", "failed"),
         ),
+        cost=2.1,
     ),
     World(
         name="static",
@@ -443,6 +451,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("discovery", "at"),
             ("attempt", "failed"),
         ),
+        cost=4.2,
     ),
     World(
         name="static-reference",
@@ -454,6 +463,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
             ("discovery", "at"),
         ),
+        cost=1.5,
     ),
     World(
         name="fleet",
@@ -469,6 +479,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("add", ""),
         ),
         fleet_moves=(("route", BIG), ("route", FREE)),
+        cost=2.8,
     ),
     World(
         name="models",
@@ -484,6 +495,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("unload", "ok"),
             ("unload", "fail"),
         ),
+        cost=15.1,
     ),
     World(
         name="topology",
@@ -495,6 +507,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             *(("discovery", v) for v in DISCOVERIES),
             *_polls("none", "failed"),
         ),
+        cost=25.6,
     ),
     World(
         name="load",
@@ -509,6 +522,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("close", "neutral"),
         ),
         fleet_moves=(("route", BIG), ("route", "tier/big")),
+        cost=24.7,
     ),
     World(
         name="inflight",
@@ -532,6 +546,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             "reported": {"policy": spec_policy(load="reported")},
             "catalogue": {"catalogue": reload_catalogue(node_names(2))},
         },
+        cost=4.9,
     ),
     World(
         name="reference",
@@ -545,6 +560,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("discovery", "at"),
             ("discovery", "one"),
         ),
+        cost=34.9,
     ),
 )
 
@@ -741,6 +757,28 @@ _ENGINE_FIXED = frozenset(
 _NODE_STATS = frozenset({"last_ok", "last_failure", "failures", "endpoint"})
 
 
+#: Values a key holds as they are (everything else is turned into tuples).
+_ATOMS = frozenset({str, int, float, bool, type(None), HealthState})
+#: Per type, whether the key holds its values as they are (not a container).
+_PLAIN: dict[type, bool] = {}
+#: The node record's slots in the key, in its order, as :meth:`_Keyer._known_node`
+#: writes them out.
+_NODE_KEY_SLOTS = (
+    "busy",
+    "chosen",
+    "discovery",
+    "health",
+    "health_body",
+    "local",
+    "models",
+    "models_body",
+    "name",
+    "routable",
+)
+#: Per record class, its slots that go into the key.
+_KEY_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
 class _Keyer:
     """Turns an engine into a hashable key of everything a future decision may read."""
 
@@ -751,6 +789,11 @@ class _Keyer:
             for variant, body in table.items():
                 if body is not None:
                     self.bodies[id(body)] = f"{group}:{variant}"
+        self.fields: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.fixed: dict[str, tuple[Any, Any]] = {}
+        self.tokens: dict[Any, int] = {}
+        self.by_id: dict[int, tuple[Any, int]] = {}
+        self.plain: dict[int, Sequence[Any]] = {}
 
     def body(self, value: Any) -> str:
         """An answer body as its alphabet variant (by identity, else by value)."""
@@ -764,48 +807,139 @@ class _Keyer:
         return repr(value)
 
     def _value(self, value: Any) -> Any:
+        cls = type(value)
+        plain = _PLAIN.get(cls)
+        if plain is None:
+            plain = _PLAIN[cls] = not issubclass(cls, dict | list | tuple | set | frozenset)
+        if plain:
+            return value
         if isinstance(value, dict):
             return tuple(sorted((k, self._value(v)) for k, v in value.items()))
         if isinstance(value, list | tuple):
             if value and id(value) in self.bodies:
                 return self.bodies[id(value)]
+            if cls is tuple and self._plain_tuple(value):
+                return value  # what the line below would build, equal to it
             return tuple(self._value(v) for v in value)
         if isinstance(value, set | frozenset):
             return tuple(sorted(value))
         return value
 
+    def _plain_tuple(self, value: Sequence[Any]) -> bool:
+        """Whether a tuple holds only plain values and such tuples (its key is
+        itself); the engine shares such tuples from state to state, so the
+        answer is remembered by identity."""
+        got = self.plain.get(id(value))
+        if got is not None and got is value:
+            return True
+        for v in value:
+            cls = type(v)
+            plain = _PLAIN.get(cls)
+            if plain is None:
+                plain = _PLAIN[cls] = not issubclass(cls, dict | list | tuple | set | frozenset)
+            if not plain and not (cls is tuple and self._plain_tuple(v)):
+                return False
+        self.plain[id(value)] = value  # kept alive: its id is not reused
+        return True
+
+    def _counts(self, counts: Any) -> Any:
+        """A dict of plain values (a node's loads, local counts) as its key."""
+        if type(counts) is not dict:
+            return self._value(counts)
+        if not counts:
+            return ()
+        for v in counts.values():
+            if not _PLAIN.get(type(v)):
+                return self._value(counts)
+        return tuple(sorted(counts.items()))  # what _value gives, without its calls
+
     def node(self, rec: Any, order: Mapping[tuple[str, str], int]) -> tuple[Any, ...]:
+        slots = _KEY_SLOTS.get(type(rec))
+        if slots is None:
+            slots = _KEY_SLOTS[type(rec)] = tuple(
+                s for s in type(rec).__slots__ if s not in _NODE_STATS
+            )
+        if slots == _NODE_KEY_SLOTS:
+            try:
+                return self._known_node(rec, order)
+            except AttributeError:
+                pass
         out: list[Any] = []
-        for slot in type(rec).__slots__:
-            if slot in _NODE_STATS or not hasattr(rec, slot):
+        for slot in slots:
+            try:
+                value = getattr(rec, slot)
+            except AttributeError:
                 continue
-            value = getattr(rec, slot)
             if slot == "models":
-                out.append(tuple(sorted((m, e.status.value) for m, e in value.items())))
+                out.append(tuple(sorted([(m, e.status.value) for m, e in value.items()])))
             elif slot == "chosen":
-                out.append(tuple(sorted((m, order[rec.name, m]) for m in value)))
+                name = rec.name
+                out.append(tuple(sorted([(m, order[name, m]) for m in value])))
             elif slot in ("models_body", "health_body"):
                 out.append(None if value is None else self.body(value))
             elif slot == "discovery":
+                out.append(None if value is None else self.token(value))
+            elif type(value) in _ATOMS:
                 out.append(value)
             else:
                 out.append(self._value(value))
         return tuple(out)
 
+    def _known_node(self, rec: Any, order: Mapping[tuple[str, str], int]) -> tuple[Any, ...]:
+        """:meth:`node`'s loop written out for the engine's record as it is
+        (the same key, slot by slot)."""
+        name, health, routable = rec.name, rec.health, rec.routable
+        discovery, models_body, health_body = rec.discovery, rec.models_body, rec.health_body
+        return (
+            self._counts(rec.busy),
+            tuple(sorted([(m, order[name, m]) for m in rec.chosen])),
+            None if discovery is None else self.token(discovery),
+            health if type(health) in _ATOMS else self._value(health),
+            None if health_body is None else self.body(health_body),
+            self._counts(rec.local),
+            tuple(sorted([(m, e.status.value) for m, e in rec.models.items()])),
+            None if models_body is None else self.body(models_body),
+            name if type(name) in _ATOMS else self._value(name),
+            routable if type(routable) in _ATOMS else self._value(routable),
+        )
+
+    def token(self, value: Any) -> int:
+        """A small number standing for a frozen value: equal values get the same
+        one (looked up by identity first, so the value is hashed once)."""
+        got = self.by_id.get(id(value))
+        if got is not None and got[0] is value:
+            return got[1]
+        number = self.tokens.setdefault(value, len(self.tokens))
+        self.by_id[id(value)] = (value, number)  # kept alive: its id is not reused
+        return number
+
     def engine(self, engine: Engine) -> tuple[Any, ...]:
         state = vars(engine)
         nodes = state["_nodes"]
         seqs = sorted(
-            (seq, name, m) for name, rec in nodes.items() for m, seq in rec.chosen.items()
+            [(seq, name, m) for name, rec in nodes.items() for m, seq in rec.chosen.items()]
         )
         order = {(name, m): i for i, (_seq, name, m) in enumerate(seqs)}
         out: list[Any] = [
-            tuple((name, self.node(rec, order)) for name, rec in sorted(nodes.items()))
+            tuple([(name, self.node(rec, order)) for name, rec in sorted(nodes.items())])
         ]
-        for field, value in sorted(state.items()):
-            if field in _ENGINE_STATS or field in _ENGINE_FIXED or field == "_nodes":
-                continue
-            if field in ("_holders", "_feasible"):
+        names = tuple(state)
+        fields = self.fields.get(names)
+        if fields is None:
+            fields = self.fields[names] = tuple(
+                f
+                for f in sorted(names)
+                if f not in _ENGINE_STATS and f not in _ENGINE_FIXED and f != "_nodes"
+            )
+        for field in fields:
+            value = state[field]
+            if field in ("_aliases_of", "_cache_keys"):
+                # fixed until a reload: its key is reused while the value is equal
+                last = self.fixed.get(field)
+                if last is None or last[0] != value:
+                    last = self.fixed[field] = (copy.deepcopy(value), self._value(value))
+                out.append((field, last[1]))
+            elif field in ("_holders", "_feasible"):
                 out.append((field, tuple(sorted((k, tuple(sorted(v))) for k, v in value.items()))))
             elif field == "_cache":
                 out.append((field, tuple(sorted(value.items(), key=lambda kv: kv[0]))))
@@ -1360,10 +1494,10 @@ class _World:
                     child = clone_engine(state.engine, self.shared)
                     child_monitor = self.apply(child, state.monitor, recs)
                     asked = self.ask(child)
-                    key = self.key(child, child_monitor)
-                    if key in seen:
+                    before = len(seen)
+                    seen.add(self.key(child, child_monitor))  # hashed once
+                    if len(seen) == before:
                         continue
-                    seen.add(key)
                     path = (*state.path, move)
                     found = self.check(child, child_monitor, asked)
                     if found:
@@ -1608,6 +1742,8 @@ def verify(
 
 
 def _weight(world: World) -> float:
+    if world.cost is not None:
+        return world.cost
     moves = len(world.node_moves) * world.nodes + len(world.fleet_moves)
     return float(moves) ** min(world.depth, 6)
 

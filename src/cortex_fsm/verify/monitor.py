@@ -50,7 +50,7 @@ Values are frozen so a monitor can be shared by every state that reaches it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -284,6 +284,29 @@ def spec_next_health(
     return _UNHEALTHY
 
 
+_SIMPLE: dict[type, tuple[str, ...] | None] = {}
+_T = TypeVar("_T", bound=attrs.AttrsInstance)
+
+
+def _evolve(inst: _T, **changes: Any) -> _T:
+    """``attrs.evolve`` for the monitor's own values, without its generic
+    machinery: a class whose fields have no converter or validator is copied
+    field by field (what its ``__init__`` would do); any other goes through
+    ``attrs.evolve``."""
+    cls = type(inst)
+    names = _SIMPLE.get(cls, ())
+    if names == ():
+        fields = attrs.fields(cls)
+        simple = all(f.converter is None and f.validator is None and f.init for f in fields)
+        names = _SIMPLE[cls] = tuple(f.name for f in fields) if simple else None
+    if names is None:
+        return attrs.evolve(inst, **changes)  # type: ignore[misc]  # (attrs-mypy: a bound TypeVar)
+    new: _T = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(inst, name))
+    return new
+
+
 @attrs.frozen(slots=True, kw_only=True)
 class HealthHistory:
     """What a node's health events have been, as far as H1-H6 care.
@@ -311,12 +334,12 @@ class HealthHistory:
             return HealthHistory(ever_ok=True)
         if event == "request_ok":
             if not passive:
-                return attrs.evolve(self, revive=False)
+                return _evolve(self, revive=False)
             if routable_before:
                 return HealthHistory(ever_ok=self.ever_ok)
-            return attrs.evolve(self, revive=True)
+            return _evolve(self, revive=True)
         if event == "request_failed" and not passive:
-            return attrs.evolve(self, revive=False)
+            return _evolve(self, revive=False)
         first = self.streak == 0
         armed = routable_before if first else self.armed
         mixed = event == "request_failed" or (not first and self.mixed)
@@ -432,12 +455,10 @@ class Monitor:
         return self.counts.get(name, 0)
 
     def _counted(self, name: str) -> Monitor:
-        return attrs.evolve(self, counts={**self.counts, name: self.counts.get(name, 0) + 1})
+        return _evolve(self, counts={**self.counts, name: self.counts.get(name, 0) + 1})
 
     def _with(self, node: NodeMonitor) -> Monitor:
-        return attrs.evolve(
-            self, nodes=tuple(node if n.name == node.name else n for n in self.nodes)
-        )
+        return _evolve(self, nodes=tuple(node if n.name == node.name else n for n in self.nodes))
 
     def _health_event(self, node: NodeMonitor, event: str) -> NodeMonitor:
         policy = self.policy
@@ -449,7 +470,7 @@ class Monitor:
             event == "request_failed" and passive and node.health.phase is not Phase.UNKNOWN
         ):
             failures += 1
-        return attrs.evolve(
+        return _evolve(
             node,
             health=spec_next_health(node.health, event, policy.failure_threshold, passive=passive),
             history=node.history.after(
@@ -478,16 +499,16 @@ class Monitor:
             outcome = fields.get("outcome")
             if outcome is not None:
                 decisions = {**self.decisions, outcome: self.decisions.get(outcome, 0) + 1}
-                monitor = attrs.evolve(self, decisions=decisions)
+                monitor = _evolve(self, decisions=decisions)
             return monitor._routed(fields, routed)
         if kind == "outcome":
             return self._outcome(fields)
         if kind == "neuron_added":
             name = fields["neuron"].name
-            return attrs.evolve(self, nodes=(*self.nodes, NodeMonitor(name=name)))
+            return _evolve(self, nodes=(*self.nodes, NodeMonitor(name=name)))
         if kind == "neuron_removed":
             name = fields["node"]
-            return attrs.evolve(
+            return _evolve(
                 self,
                 nodes=tuple(n for n in self.nodes if n.name != name),
                 open=tuple(o for o in self.open if o[1] != name),
@@ -505,7 +526,7 @@ class Monitor:
             cached = node.discovery
             if found is None or (cached is not None and cached.max_prompt_tokens > 0):
                 return self._counted("discoveries_ignored")
-            return self._with(attrs.evolve(node, discovery=found))._counted("discoveries")
+            return self._with(_evolve(node, discovery=found))._counted("discoveries")
         if kind == "models":
             report = spec_models(fields["body"]) if fields["ok"] else None
             if report is None:
@@ -513,25 +534,23 @@ class Monitor:
             monitor = self._event(node, "poll_ok")._counted("polls_ok")
             polled = monitor.node(node.name)
             assert polled is not None
-            return monitor._with(attrs.evolve(polled, models=report))
+            return monitor._with(_evolve(polled, models=report))
         if kind == "health":
             reading = spec_health(fields["body"]) if fields["ok"] else None
             if reading is None:
                 return self._counted("health_invalid")
-            return self._with(attrs.evolve(node, busy=reading))._counted("health_readings")
+            return self._with(_evolve(node, busy=reading))._counted("health_readings")
         if kind == "load":
             if not fields["ok"]:
                 return self
             return self._with(
-                attrs.evolve(node, models={**node.models, fields["model"]: ModelStatus.LOADED})
+                _evolve(node, models={**node.models, fields["model"]: ModelStatus.LOADED})
             )
         if kind == "unload":
             model = fields["model"]
             if not fields["ok"] or model not in node.models:
                 return self
-            return self._with(
-                attrs.evolve(node, models={**node.models, model: ModelStatus.UNLOADED})
-            )
+            return self._with(_evolve(node, models={**node.models, model: ModelStatus.UNLOADED}))
         return self  # truth: nothing the monitor tracks
 
     def _reconfigured(self, fields: Mapping[str, Any]) -> Monitor:
@@ -541,14 +560,14 @@ class Monitor:
         monitor = self
         catalogue = fields.get("catalogue")
         if catalogue is not None:
-            monitor = attrs.evolve(monitor, catalogue=catalogue)
+            monitor = _evolve(monitor, catalogue=catalogue)
         policy = fields.get("policy")
         if policy is None:
             return monitor
-        monitor = attrs.evolve(monitor, policy=policy)
+        monitor = _evolve(monitor, policy=policy)
         for n in monitor.nodes:
             if n.health.phase is Phase.SUSPECT and n.health.failures >= policy.failure_threshold:
-                monitor = monitor._with(attrs.evolve(n, health=_UNHEALTHY))._counted("transitions")
+                monitor = monitor._with(_evolve(n, health=_UNHEALTHY))._counted("transitions")
         return monitor
 
     def _routed(self, fields: Mapping[str, Any], routed: str | None) -> Monitor:
@@ -562,19 +581,19 @@ class Monitor:
         if self.policy.load != "max":
             if not self.uncounted:
                 return self
-            return attrs.evolve(self, open=(*self.open, (key, routed, model, False)))
+            return _evolve(self, open=(*self.open, (key, routed, model, False)))
         monitor = self._finish(key)  # a key used again: its earlier attempt ends
         node = monitor.node(routed)
         if node is None:
             return monitor
         seq = monitor.seq + 1
-        node = attrs.evolve(
+        node = _evolve(
             node,
             local={**node.local, model: node.local.get(model, 0) + 1},
             chosen={**node.chosen, model: seq},
         )
         monitor = monitor._with(node)
-        return attrs.evolve(monitor, seq=seq, open=(*monitor.open, (key, routed, model, True)))
+        return _evolve(monitor, seq=seq, open=(*monitor.open, (key, routed, model, True)))
 
     def _finish(self, key: tuple[str, int]) -> Monitor:
         """The attempt routed under ``key`` (if open) ends: if it started a local
@@ -582,7 +601,7 @@ class Monitor:
         for entry in self.open:
             if entry[0] == key:
                 _key, name, model, counted = entry
-                monitor = attrs.evolve(self, open=tuple(o for o in self.open if o != entry))
+                monitor = _evolve(self, open=tuple(o for o in self.open if o != entry))
                 return monitor._end(name, model) if counted else monitor
         return self
 
@@ -595,12 +614,12 @@ class Monitor:
         if n <= 0:
             return self
         local = _without(node.local, model) if n == 1 else {**node.local, model: n - 1}
-        return self._with(attrs.evolve(node, local=local))
+        return self._with(_evolve(node, local=local))
 
     def _outcome(self, fields: Mapping[str, Any]) -> Monitor:
         key = (fields["id"], fields["attempt"])
         if key in self.stale:  # §12: a removed node is forgotten, its requests too
-            return attrs.evolve(self, stale=tuple(k for k in self.stale if k != key))
+            return _evolve(self, stale=tuple(k for k in self.stale if k != key))
         monitor = self._finish(key)
         name = fields["node"]
         node = monitor.node(name) if name is not None else None
