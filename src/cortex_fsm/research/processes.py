@@ -24,7 +24,7 @@ import attrs
 from .arrivals import read_arrivals
 from .scenario import Failures, Traffic
 
-__all__ = ["Change", "Request", "requests", "stream", "truth_changes"]
+__all__ = ["Change", "Request", "micros", "requests", "stream", "truth_changes"]
 
 
 def stream(seed: int, name: str) -> random.Random:
@@ -111,9 +111,15 @@ def truth_changes(name: str, failures: Failures, seed: int) -> Iterator[Change]:
                 yield Change(t=t, up=True, why=why)
 
 
-#: One client request: ``(t, requested model, input tokens, output tokens)`` (a
-#: plain tuple: the simulation makes millions of them).
-Request = tuple[float, str, int, int]
+#: One client request: ``(t, requested model, service time)``, both times in
+#: whole microseconds, the resolution of simulated time (a plain tuple: the
+#: simulation makes millions of them).
+Request = tuple[int, str, int]
+
+
+def micros(seconds: float) -> int:
+    """``seconds`` (>= 0) in whole microseconds, to the nearest (half up)."""
+    return math.floor(seconds * 1e6 + 0.5)
 
 
 class _Picker:
@@ -140,34 +146,57 @@ def requests(traffic: Traffic, seed: int, until: float | None) -> Iterator[Reque
     """The requests in time order, up to ``until`` (None: all rows of the file).
 
     Poisson traffic draws arrival times, models and token counts (exponential
-    with the configured means, at least 1) from three separate streams.
+    with the configured means, at least 1) from three separate streams. A
+    request's time is rounded to the microsecond after it is drawn (the
+    process itself is not: gaps add up at full precision), and its service
+    time -- prefill, then decode, of its token counts -- is rounded likewise.
     """
-    pick = _Picker(traffic.models, stream(seed, "traffic/models")) if traffic.models else None
     if traffic.rate_per_s is not None:
-        assert until is not None and pick is not None
-        # expovariate spelled out (-log(1 - U) / rate): the same numbers, fewer calls.
-        gap = stream(seed, "traffic/arrivals").random
-        size = stream(seed, "traffic/tokens").random
-        choose = pick.random
-        log = math.log
-        rate = traffic.rate_per_s
-        mean_in, mean_out = traffic.input_tokens, traffic.output_tokens
-        models, edges = pick.models, pick.cumulative
-        last = len(models) - 1
-        t = -log(1.0 - gap()) / rate
-        while t <= until:
-            model = models[bisect_right(edges, choose(), 0, last)] if last else models[0]
-            # max(1, n) spelled out: a call less per count.
-            tokens_in = tokens_out = 0
-            if mean_in > 0:
-                tokens_in = int(-log(1.0 - size()) * mean_in + 0.5)
-                tokens_in = tokens_in if tokens_in > 1 else 1
-            if mean_out > 0:
-                tokens_out = int(-log(1.0 - size()) * mean_out + 0.5)
-                tokens_out = tokens_out if tokens_out > 1 else 1
-            yield (t, model, tokens_in, tokens_out)
-            t += -log(1.0 - gap()) / rate
-        return
+        assert until is not None and traffic.models
+        return _poisson(traffic, seed, until)
+    return _imported(traffic, seed, until)
+
+
+def _poisson(traffic: Traffic, seed: int, until: float) -> Iterator[Request]:
+    """Poisson requests: gaps ``-log(1 - U) / rate`` (``expovariate``'s
+    formula, spelled out: the same numbers, fewer calls) summed at full
+    precision; the model by bisection of the cumulative weights; token counts
+    ``max(1, round(-log(1 - U) * mean))`` drawn (input, output) in turn.
+    ``floor`` rounds (the values are positive): a cheaper call than ``int``."""
+    pick = _Picker(traffic.models, stream(seed, "traffic/models"))
+    gap = stream(seed, "traffic/arrivals").random
+    size = stream(seed, "traffic/tokens").random
+    choose = pick.random
+    log = math.log
+    floor = math.floor
+    rate = traffic.rate_per_s
+    assert rate is not None
+    mean_in, mean_out = traffic.input_tokens, traffic.output_tokens
+    per_in, per_out = 1.0 / traffic.prefill_tokens_per_s, 1.0 / traffic.tokens_per_s
+    models, edges = pick.models, pick.cumulative
+    last = len(models) - 1
+    t = -log(1.0 - gap()) / rate
+    while t <= until:
+        model = models[bisect_right(edges, choose(), 0, last)] if last else models[0]
+        tokens_in = tokens_out = 0
+        if mean_in > 0:
+            tokens_in = floor(-log(1.0 - size()) * mean_in + 0.5)
+            tokens_in = tokens_in if tokens_in > 1 else 1
+        if mean_out > 0:
+            tokens_out = floor(-log(1.0 - size()) * mean_out + 0.5)
+            tokens_out = tokens_out if tokens_out > 1 else 1
+        yield (
+            floor(t * 1e6 + 0.5),
+            model,
+            floor((tokens_in * per_in + tokens_out * per_out) * 1e6 + 0.5),
+        )
+        t += -log(1.0 - gap()) / rate
+
+
+def _imported(traffic: Traffic, seed: int, until: float | None) -> Iterator[Request]:
+    """The rows of the arrivals file, a model drawn for rows without one."""
+    pick = _Picker(traffic.models, stream(seed, "traffic/models")) if traffic.models else None
+    per_in, per_out = 1.0 / traffic.prefill_tokens_per_s, 1.0 / traffic.tokens_per_s
     assert traffic.arrivals is not None
     for row in read_arrivals(traffic.arrivals, traffic.format, dict(traffic.model_map)):
         if until is not None and row.t > until:
@@ -176,9 +205,5 @@ def requests(traffic: Traffic, seed: int, until: float | None) -> Iterator[Reque
         if asked is None:
             assert pick is not None  # the scenario checked that models are known
             asked = pick()
-        yield (row.t, asked, row.input_tokens, row.output_tokens)
-
-
-def service_time(traffic: Traffic, request: Request) -> float:
-    """How long the node takes to answer ``request`` (prefill, then decode)."""
-    return request[2] / traffic.prefill_tokens_per_s + request[3] / traffic.tokens_per_s
+        service = row.input_tokens * per_in + row.output_tokens * per_out
+        yield (micros(row.t), asked, micros(service))

@@ -31,6 +31,13 @@ What the simulated gateway does, per docs/semantics.md:
   A node that fails after the answer started cannot change its status (§4);
 * ``truth`` events record every real change (``up``, and why).
 
+Simulated time has a resolution of one microsecond: every time (arrivals,
+service and load times, real changes, poll rounds) is rounded to it at the
+source and kept as whole microseconds, and records carry it as seconds
+(``us / 1e6``). The lines of requests and of served answers write it with
+six decimals (``12.500000``), the other lines as the shortest float
+(``12.5``); both read back as exactly the float the engine was given.
+
 Same scenario and seed: byte-identical trace.
 """
 
@@ -40,6 +47,7 @@ import heapq
 import json
 import os
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import IO, Any
 
 from ..engine import Engine
@@ -48,13 +56,17 @@ from ..fleet import Neuron
 from ..replay import apply_record
 from ..routing import NO_EXCLUDE
 from ..trace import AtomicOutput, TraceHeader
-from .processes import Change, requests, stream, truth_changes
+from .processes import Change, micros, requests, stream, truth_changes
 from .scenario import Scenario, SimNeuron
 
 __all__ = ["Simulation", "simulate", "simulate_to_file"]
 
 _OUTCOME, _LOAD, _TRUTH = "outcome", "load", "truth"
-_INF = float("inf")
+#: Later than any simulated time (in microseconds: about 146,000 years).
+_NEVER = 1 << 62
+#: "000" .. "999": a time's microseconds are written as two of these.
+_MILLS = tuple(f"{i:03d}" for i in range(1000))
+_NO_FAILED: list[str] = []  # never changed: a failure makes a new list
 
 Listener = Callable[[str, dict[str, Any], object], None]
 
@@ -136,14 +148,15 @@ class Simulation:
         interval = self.policy.poll_interval
         max_attempts = self.policy.max_attempts
         upstream_retry = self.policy.retry_after(Outcome.UPSTREAM_UNAVAILABLE)
-        load_s = sc.run.load_s
+        # Simulated time is kept in whole microseconds (ints: exact, cheap to
+        # compare and to write); the engine and the records get seconds.
+        load_us = micros(sc.run.load_s)
+        interval_us = max(1, micros(interval))
         traffic = sc.traffic
-        per_token_in = 1.0 / traffic.prefill_tokens_per_s
-        per_token_out = 1.0 / traffic.tokens_per_s
         nodes = [n.name for n in sc.neurons]
         up = dict.fromkeys(nodes, True)
         # Each node's real model map: model -> the time it is (or was) ready.
-        ready = {n.name: dict.fromkeys(n.loaded, 0.0) for n in sc.neurons}
+        ready = {n.name: dict.fromkeys(n.loaded, 0) for n in sc.neurons}
         busy: dict[str, dict[str, int]] = {n: {} for n in nodes}
         pollers = [
             _Poller(self, n, sc.failures[n.name].slow_poll, stream(seed, f"polls/{n.name}").random)
@@ -172,7 +185,7 @@ class Simulation:
         # ties in the order of scheduling. Arrivals and poll rounds are merged in from outside
         # it (one each is pending at any time); at equal times the heap goes
         # first, then the poll round, then the arrival.
-        queue: list[tuple[float, int, str, Any, Any, Any]] = []
+        queue: list[tuple[int, int, str, Any, Any, Any]] = []
         seq = 0
         changes: dict[str, Iterator[Change]] = {}
         for name in nodes:
@@ -182,7 +195,7 @@ class Simulation:
             first = next(it, None)
             if first is not None:
                 seq += 1
-                heapq.heappush(queue, (first.t, seq, _TRUTH, name, first, None))
+                heapq.heappush(queue, (micros(first.t), seq, _TRUTH, name, first, None))
         for n in sc.neurons:
             if n.declared:
                 apply(
@@ -200,128 +213,143 @@ class Simulation:
                         "source": "declared",
                     }
                 )
-        arrivals = requests(traffic, seed, duration)
-        nxt = next(arrivals, None)
-        t_arrival = _INF if nxt is None else nxt[0]
         rounds = 0
-        t_poll = 0.0
+        t_poll = 0
         in_flight = 0
         rid = 0
         events = self.events
         n_attempts = 0
         push = heapq.heappush
         pop = heapq.heappop
-        end = _INF if duration is None else duration
+        end = _NEVER if duration is None else micros(duration)
 
-        while True:
-            top = queue[0][0] if queue else _INF
-            if top <= t_arrival and top <= t_poll:
-                if top == _INF:
+        # The requests drive the loop; before each, everything due up to its
+        # time: the heap's entries, then the poll round, in time order (at
+        # equal times the heap first, then the poll round, then the arrival).
+        # A last arrival at infinity drains the rest.
+        arrivals = chain(requests(traffic, seed, duration), ((_NEVER, "", 0),))
+        for t_arrival, model, service in arrivals:
+            while True:
+                if queue:
+                    top = queue[0][0]
+                    if top <= t_poll:
+                        if top > t_arrival:
+                            break
+                        t, _, what, a, b, c = pop(queue)
+                        now = t / 1e6
+                        if what is _OUTCOME:
+                            key, node, resolved = a, b, c
+                            in_flight -= 1
+                            busy[node][resolved] -= 1
+                            # What replay's mapping does with this record: an
+                            # upstream 200 is request_ok (errors.attempt_result).
+                            result = observe_outcome(key, now, node=node, ok=True)
+                            events += 1
+                            if write is not None:
+                                if key[1] == 1:
+                                    rest = served_first[node]
+                                else:
+                                    rest = f'", "attempt": {key[1]}, {served_tail[node]}'
+                                frac = t % 1000000
+                                write(
+                                    f'{{"kind": "outcome", "t": {t // 1000000}.'
+                                    f"{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "
+                                    f'"id": "{key[0]}{rest}'
+                                )
+                            if listen is not None:
+                                record = {
+                                    "kind": "outcome",
+                                    "t": now,
+                                    "id": key[0],
+                                    "attempt": key[1],
+                                    "node": node,
+                                    "status": 200,
+                                    "retry_after": None,
+                                    "source": "upstream",
+                                    "error": None,
+                                }
+                                listen("outcome", record, result)
+                        elif what is _LOAD:  # a cold load finished: the gateway records it
+                            self.events = events
+                            apply({"kind": "load", "t": now, "node": a, "model": b, "ok": True})
+                            events = self.events
+                        elif t > end or (
+                            duration is None and t_arrival == _NEVER and not in_flight
+                        ):
+                            pass  # the run is over: the fleet is no longer watched
+                        else:  # a real change of a node's state
+                            name, change = a, b
+                            up[name] = change.up
+                            self.events = events
+                            apply(
+                                {
+                                    "kind": "truth",
+                                    "t": now,
+                                    "node": name,
+                                    "up": change.up,
+                                    "why": change.why,
+                                }
+                            )
+                            events = self.events
+                            following = next(changes[name], None)
+                            if following is not None:
+                                seq += 1
+                                push(
+                                    queue, (micros(following.t), seq, _TRUTH, name, following, None)
+                                )
+                        continue
+                if t_poll > t_arrival or t_poll == _NEVER:
                     break
-                t, _, what, a, b, c = pop(queue)
-                if what is not _TRUTH:
-                    if what is _OUTCOME:
-                        key, node, model = a, b, c
-                        in_flight -= 1
-                        busy[node][model] -= 1
-                        # What replay's mapping does with this record: an
-                        # upstream 200 is request_ok (errors.attempt_result).
-                        result = observe_outcome(key, t, node=node, ok=True)
-                        events += 1
-                        if write is not None:
-                            if key[1] == 1:
-                                rest = served_first[node]
-                            else:
-                                rest = f'", "attempt": {key[1]}, {served_tail[node]}'
-                            write(f'{{"kind": "outcome", "t": {t!r}, "id": "{key[0]}{rest}')
-                        if listen is not None:
-                            record = {
-                                "kind": "outcome",
-                                "t": t,
-                                "id": key[0],
-                                "attempt": key[1],
-                                "node": node,
-                                "status": 200,
-                                "retry_after": None,
-                                "source": "upstream",
-                                "error": None,
-                            }
-                            listen("outcome", record, result)
-                    else:  # a cold load finished: the gateway records it
-                        self.events = events
-                        apply({"kind": "load", "t": t, "node": a, "model": b, "ok": True})
-                        events = self.events
-                    continue
-                # A real change of a node's state.
-                if t > end or (duration is None and t_arrival == _INF and not in_flight):
-                    continue  # the run is over: the fleet is no longer watched
-                name, change = a, b
-                up[name] = change.up
-                self.events = events
-                apply({"kind": "truth", "t": t, "node": name, "up": change.up, "why": change.why})
-                events = self.events
-                following = next(changes[name], None)
-                if following is not None:
-                    seq += 1
-                    push(queue, (following.t, seq, _TRUTH, name, following, None))
-                continue
-            if t_poll <= t_arrival:
                 t = t_poll
-                if t > end or (duration is None and t_arrival == _INF and not in_flight):
-                    t_poll = _INF  # no more rounds
+                if t > end or (duration is None and t_arrival == _NEVER and not in_flight):
+                    t_poll = _NEVER  # no more rounds
                     continue
                 self.events = events
                 for poller in pollers:
                     poller.poll(t, up, ready, busy)
                 events = self.events
                 rounds += 1
-                t_poll = rounds * interval
-                continue
+                t_poll = rounds * interval_us
+            if t_arrival == _NEVER:
+                break
 
             # An arrival: decide, and fail over while attempts are left.
-            assert nxt is not None
-            t, model, tokens_in, tokens_out = nxt
-            nxt = next(arrivals, None)
-            t_arrival = _INF if nxt is None else nxt[0]
+            t = t_arrival
+            now = t / 1e6
             rid += 1
             if not rid & 0x3FFF and flush is not None:
                 flush()  # keep the buffered lines of a long run few
             request_id = f"r{rid}"
-            failed: list[str] = []
-            attempt = 0
+            key = (request_id, 1)
+            # What replay's mapping does with the request record.
+            decision = route(model, now, NO_EXCLUDE, key)
+            events += 1
+            if write is not None:
+                after_id = first_part.get(model)
+                if after_id is None:
+                    after_id = first_part[model] = f'", {_model_part(model)}1}}\n'
+                frac = t % 1000000
+                write(
+                    f'{{"kind": "request", "t": {t // 1000000}.'
+                    f'{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "id": "{request_id}{after_id}'
+                )
+            if listen is not None:
+                listen("request", _request_record(now, key, model, NO_EXCLUDE), decision)
+            node = decision.node
+            attempt = 1
+            failed: list[str] = _NO_FAILED
             while True:
-                attempt += 1
-                key = (request_id, attempt)
-                # What replay's mapping does with the request record.
-                exclude = frozenset(failed) if failed else NO_EXCLUDE
-                decision = route(model, t, exclude, key)
-                events += 1
-                if write is not None:
-                    if failed:
-                        write(_record_line(_request_record(t, key, model, exclude)))
-                    else:
-                        after_id = first_part.get(model)
-                        if after_id is None:
-                            after_id = first_part[model] = f'", {_model_part(model)}1}}\n'
-                        write(f'{{"kind": "request", "t": {t!r}, "id": "{request_id}{after_id}')
-                if listen is not None:
-                    listen("request", _request_record(t, key, model, exclude), decision)
-                node = decision.node
                 if node is not None and up[node]:
                     # Served: once the model is ready on the node (a load first if needed).
                     resolved = decision.model
                     models = ready[node]
                     at = models.get(resolved)
                     if at is None:
-                        at = models[resolved] = t + load_s
+                        at = models[resolved] = t + load_us
                         if decision.outcome is Outcome.COLD_LOAD:
                             seq += 1
                             push(queue, (at, seq, _LOAD, node, resolved, None))
-                    done = (
-                        (at if at > t else t)
-                        + tokens_in * per_token_in
-                        + tokens_out * per_token_out
-                    )
+                    done = (at if at > t else t) + service
                     counts = busy[node]
                     counts[resolved] = counts.get(resolved, 0) + 1
                     in_flight += 1
@@ -333,7 +361,7 @@ class Simulation:
                     apply(
                         {
                             "kind": "outcome",
-                            "t": t,
+                            "t": now,
                             "id": request_id,
                             "attempt": attempt,
                             "node": None,
@@ -349,7 +377,7 @@ class Simulation:
                 apply(
                     {
                         "kind": "outcome",
-                        "t": t,
+                        "t": now,
                         "id": request_id,
                         "attempt": attempt,
                         "node": node,
@@ -360,9 +388,20 @@ class Simulation:
                     }
                 )
                 events = self.events
-                failed.append(node)
+                failed = [*failed, node]
                 if attempt >= max_attempts:
                     break
+                # Decided again with every failed node excluded (§7).
+                attempt += 1
+                key = (request_id, attempt)
+                exclude = frozenset(failed)
+                decision = route(model, now, exclude, key)
+                events += 1
+                if write is not None:
+                    write(_record_line(_request_record(now, key, model, exclude)))
+                if listen is not None:
+                    listen("request", _request_record(now, key, model, exclude), decision)
+                node = decision.node
             n_attempts += attempt
         self.events = events
         self.requests = rid
@@ -384,11 +423,13 @@ class _Poller:
 
     def poll(
         self,
-        t: float,
+        t_us: int,
         up: dict[str, bool],
-        ready: dict[str, dict[str, float]],
+        ready: dict[str, dict[str, int]],
         busy: dict[str, dict[str, int]],
     ) -> None:
+        """The poll at ``t_us`` (microseconds)."""
+        t = t_us / 1e6
         name = self.name
         apply = self.sim._apply
         failed: str | None = None
@@ -406,7 +447,8 @@ class _Poller:
             apply({"kind": "models", "t": t, "node": name, "ok": False, "error": failed})
             return
         models = [
-            {"id": m, "status": "loaded" if at <= t else "loading"} for m, at in ready[name].items()
+            {"id": m, "status": "loaded" if at <= t_us else "loading"}
+            for m, at in ready[name].items()
         ]
         apply({"kind": "models", "t": t, "node": name, "ok": True, "body": models})
         load = [{"id": m, "in_flight": n, "queue_depth": 0} for m, n in busy[name].items() if n]
