@@ -20,7 +20,8 @@ is never touched), and runs a test command against each:
 A seeded, stratified sample (``--sample`` of the decision and health logic,
 ``--sample-other`` of the rest, ``--seed``) can stand for all the mutants;
 the report then gives a 95 % interval. ``--recheck`` (verify mode) runs
-``cortex-fsm verify`` at its default bound, through its command line, on the
+``cortex-fsm verify``'s default bound, judged as its command line judges it
+(worlds cheapest first, so a kill costs seconds), on the
 survivors of the smaller bound that have no recorded reason; the report
 counts those it kills in a "default bound" column.
 
@@ -989,10 +990,19 @@ def report(session: Path, work: Path, mode: str, out: Any = sys.stdout) -> int:
 
 # --- the bound: does the default bound kill what the smaller one lets live? ---------------------
 
+#: ``cortex-fsm verify`` at its default bound, as its command line judges it
+#: (a violation, a crash or a coverage gap: exit 1), with one difference that
+#: changes no verdict: the worlds run cheapest first, so a mutant that a small
+#: world kills costs seconds instead of the whole bound. A survivor still
+#: explores every world of the default bound.
 _DEFAULT_BOUND = (
     "import sys\n"
-    "from cortex_fsm.cli import main\n"
-    "sys.exit(main(['verify', '--jobs', '1', '--quiet', '--counterexample', 'recheck-cx.jsonl']))\n"
+    "from cortex_fsm.verify.commands import _gaps, render_result\n"
+    "from cortex_fsm.verify.explorer import DEFAULT_WORLDS, _weight, verify\n"
+    "worlds = sorted(DEFAULT_WORLDS, key=_weight)\n"
+    "result = verify(worlds, jobs=1, stop_at_first=True)\n"
+    "sys.stdout.write(render_result(result, require_coverage=True, worlds=worlds))\n"
+    "sys.exit(1 if not result.ok or _gaps(result) else 0)\n"
 )
 
 
@@ -1010,8 +1020,9 @@ def _cpu_limit(seconds: int) -> Any:
 
 
 def recheck(session: Path, work: Path, *, limit: int, only_target: bool, seed: int) -> int:
-    """Run ``cortex-fsm verify`` at its DEFAULT bound (the real command line:
-    violations and its coverage check) on every mutant that survived the
+    """Run ``cortex-fsm verify``'s DEFAULT bound (judged as its command line
+    judges it: violations, crashes and its coverage check; worlds cheapest
+    first) on every mutant that survived the
     smaller bound of ``--mode verify`` and is not argued equivalent in
     ``mutation_survivors.toml`` (of the decision and health logic with
     ``only_target``; a seeded random ``limit`` of them, 0: all), one at a time in a copy of the
