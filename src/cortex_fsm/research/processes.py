@@ -158,16 +158,17 @@ def requests(traffic: Traffic, seed: int, until: float | None) -> Iterator[Reque
 
 
 def _poisson(traffic: Traffic, seed: int, until: float) -> Iterator[Request]:
-    """Poisson requests: gaps ``-log(1 - U) / rate`` (``expovariate``'s
-    formula, spelled out: the same numbers, fewer calls) summed at full
+    """Poisson requests: exponential gaps ``-log(1 - U) / rate`` summed at full
     precision; the model by bisection of the cumulative weights; token counts
     ``max(1, round(-log(1 - U) * mean))`` drawn (input, output) in turn.
-    ``floor`` rounds (the values are positive): a cheaper call than ``int``."""
+    ``-log(1 - U)`` is computed as ``-log1p(-U)`` (as exact or more, and a
+    cheaper call than ``log``); ``floor`` rounds (the values are positive), a
+    cheaper call than ``int``."""
     pick = _Picker(traffic.models, stream(seed, "traffic/models"))
     gap = stream(seed, "traffic/arrivals").random
     size = stream(seed, "traffic/tokens").random
     choose = pick.random
-    log = math.log
+    log1p = math.log1p
     floor = math.floor
     rate = traffic.rate_per_s
     assert rate is not None
@@ -175,22 +176,22 @@ def _poisson(traffic: Traffic, seed: int, until: float) -> Iterator[Request]:
     per_in, per_out = 1.0 / traffic.prefill_tokens_per_s, 1.0 / traffic.tokens_per_s
     models, edges = pick.models, pick.cumulative
     last = len(models) - 1
-    t = -log(1.0 - gap()) / rate
+    t = -log1p(-gap()) / rate
     while t <= until:
         model = models[bisect_right(edges, choose(), 0, last)] if last else models[0]
         tokens_in = tokens_out = 0
         if mean_in > 0:
-            tokens_in = floor(-log(1.0 - size()) * mean_in + 0.5)
+            tokens_in = floor(-log1p(-size()) * mean_in + 0.5)
             tokens_in = tokens_in if tokens_in > 1 else 1
         if mean_out > 0:
-            tokens_out = floor(-log(1.0 - size()) * mean_out + 0.5)
+            tokens_out = floor(-log1p(-size()) * mean_out + 0.5)
             tokens_out = tokens_out if tokens_out > 1 else 1
         yield (
             floor(t * 1e6 + 0.5),
             model,
             floor((tokens_in * per_in + tokens_out * per_out) * 1e6 + 0.5),
         )
-        t += -log(1.0 - gap()) / rate
+        t += -log1p(-gap()) / rate
 
 
 def _imported(traffic: Traffic, seed: int, until: float | None) -> Iterator[Request]:
