@@ -438,7 +438,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("report", "ok"),
             ("report", "failed"),
         ),
-        cost=2.1,
+        cost=1.6,
     ),
     World(
         name="static",
@@ -451,7 +451,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("discovery", "at"),
             ("attempt", "failed"),
         ),
-        cost=4.2,
+        cost=2.2,
     ),
     World(
         name="static-reference",
@@ -463,7 +463,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             *_polls("none", "loaded", "recovering", "unloaded", "free", "failed"),
             ("discovery", "at"),
         ),
-        cost=1.5,
+        cost=0.8,
     ),
     World(
         name="fleet",
@@ -479,7 +479,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("add", ""),
         ),
         fleet_moves=(("route", BIG), ("route", FREE)),
-        cost=2.8,
+        cost=2.2,
     ),
     World(
         name="models",
@@ -495,7 +495,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("unload", "ok"),
             ("unload", "fail"),
         ),
-        cost=15.1,
+        cost=9.9,
     ),
     World(
         name="topology",
@@ -507,7 +507,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             *(("discovery", v) for v in DISCOVERIES),
             *_polls("none", "failed"),
         ),
-        cost=25.6,
+        cost=20.5,
     ),
     World(
         name="load",
@@ -522,7 +522,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("close", "neutral"),
         ),
         fleet_moves=(("route", BIG), ("route", "tier/big")),
-        cost=24.7,
+        cost=17.6,
     ),
     World(
         name="inflight",
@@ -546,7 +546,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             "reported": {"policy": spec_policy(load="reported")},
             "catalogue": {"catalogue": reload_catalogue(node_names(2))},
         },
-        cost=4.9,
+        cost=4.0,
     ),
     World(
         name="reference",
@@ -560,7 +560,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("discovery", "at"),
             ("discovery", "one"),
         ),
-        cost=34.9,
+        cost=29.9,
     ),
 )
 
