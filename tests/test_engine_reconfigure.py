@@ -13,7 +13,7 @@ from tests.helpers import make_engine, up
 
 from cortex_fsm import Policy, Profile
 from cortex_fsm.catalogue import Catalogue
-from cortex_fsm.fleet import ModelsReport
+from cortex_fsm.fleet import ModelsReport, PollFailure
 
 
 def test_a_new_profile_is_feasible_on_the_nodes_already_discovered() -> None:
@@ -40,3 +40,22 @@ def test_a_policy_reload_leaves_no_transition_where_the_state_stays() -> None:
     assert engine.observe_models("a", 2.0, ModelsReport(models={})) is None
     assert engine.statistics().transitions == counted
     assert engine.state("a").label == "healthy"
+
+
+def test_a_node_made_unhealthy_by_a_lower_threshold_stays_so_without_a_transition() -> None:
+    """A threshold lowered below a node's suspect count makes it unhealthy (one
+    transition, "reconfigured"); a failed poll after that changes nothing: no
+    transition from unhealthy to unhealthy, none counted."""
+    engine = make_engine(["a"], [Profile(id="m")])
+    up(engine, "a", {})
+    for t in (1.0, 2.0):
+        engine.observe_models("a", t, PollFailure(reason="timeout"))
+    assert engine.state("a").label == "suspect(2)"
+    moved = engine.reconfigure(3.0, policy=Policy().with_values({"failure_threshold": 2}))
+    assert [(m.from_.label, m.to.label, m.cause) for m in moved] == [
+        ("suspect(2)", "unhealthy", "reconfigured")
+    ]
+    counted = engine.statistics().transitions
+    assert engine.observe_models("a", 4.0, PollFailure(reason="timeout")) is None
+    assert engine.statistics().transitions == counted
+    assert engine.state("a").label == "unhealthy"

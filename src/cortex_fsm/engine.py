@@ -843,7 +843,7 @@ class Engine:
                 if before in states:
                     rec.health = states[before]
                     continue
-                after = HealthState(phase=Phase.UNHEALTHY)
+                after = states[HealthState(phase=Phase.UNHEALTHY)]  # the table's own
                 moved.append(self._move(rec, before, after, "reconfigured", t))
         if catalogue is not None:
             self.catalogue = catalogue
