@@ -305,3 +305,30 @@ def test_the_monitor_applies_a_threshold_change_as_the_spec_says() -> None:
     assert monitor.count("transitions") == engine.statistics().transitions == 3
     assert monitor.policy == lower
     assert isinstance(engine.discovery("n0"), Discovery | type(None))
+
+
+# --- what route() answers ------------------------------------------------------------------------
+
+
+def test_a_route_that_ignores_its_exclusion_fails_r5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``route()`` has paths of its own (the kept replicas, the decision cache)
+    that the decisions asked on every state never take: what a routed request
+    is told is judged on the transition against the decision over the same
+    fleet, so a route that drops its exclusion is found although every asked
+    decision is right."""
+    real = Engine.route
+
+    def ignores(
+        self: Engine,
+        requested: str,
+        t: float,
+        exclude: frozenset[str] = frozenset(),
+        key: tuple[str, int] | None = None,
+    ) -> Any:
+        return real(self, requested, t, frozenset(), key)
+
+    monkeypatch.setattr(Engine, "route", ignores)
+    cx = _found("health", 2)
+    assert "R5" in _invariants(cx), cx.violations
+    assert any("was routed" in v.detail for v in cx.violations)
+    assert cx.moves[-1].kind == "attempt"

@@ -985,6 +985,9 @@ class _World:
         self.stop_at_first = stop_at_first
         self.keyer = _Keyer(world)
         self.checked: dict[str, int] = dict.fromkeys(ALL_INVARIANTS, 0)
+        #: R5 violations found while applying a move (a request routed otherwise
+        #: than decided), taken by the search after each transition.
+        self.wrong_routes: list[Violation] = []
         self.rows: set[int] = set()
         self.transitions: set[tuple[int, str, str, str]] = set()
         self.answers: set[tuple[str, int | None]] = set()
@@ -1132,6 +1135,29 @@ class _World:
                 if rec["parsed"] == "view" and isinstance(reading, dict):
                     reading = MappingProxyType(reading)
                 engine.observe_health(rec["node"], rec["t"], reading)
+            elif kind == "request":
+                # What route() answers must be what the decision over the same
+                # fleet gives (R5): route() has paths of its own (the kept
+                # replicas, the cache) that the asked decisions never take.
+                # Judged here, on the transition, because the state reached
+                # may be one seen before (and then not checked again).
+                exclude = frozenset(rec.get("exclude") or ())
+                expected = decide(
+                    engine.snapshot(), engine.catalogue, rec["model"], engine.policy, exclude
+                )
+                result = apply_record(engine, kind, rec)
+                self.checked["R5"] += 1
+                if result != expected:
+                    self.wrong_routes.append(
+                        Violation(
+                            invariant="R5",
+                            request=rec["model"],
+                            exclude=exclude,
+                            detail=f"request {rec['model']!r}{_excluding(exclude)} was routed "
+                            f"{_decision_text(result)}; the decision over the same fleet is "
+                            f"{_decision_text(expected)} ({_differ(result, expected)})",
+                        )
+                    )
             else:
                 result = apply_record(engine, kind, rec)
             routed = None
@@ -1493,13 +1519,14 @@ class _World:
                     transitions += 1
                     child = clone_engine(state.engine, self.shared)
                     child_monitor = self.apply(child, state.monitor, recs)
+                    wrong, self.wrong_routes = self.wrong_routes, []
                     asked = self.ask(child)
                     before = len(seen)
                     seen.add(self.key(child, child_monitor))  # hashed once
-                    if len(seen) == before:
+                    if len(seen) == before and not wrong:
                         continue
                     path = (*state.path, move)
-                    found = self.check(child, child_monitor, asked)
+                    found = wrong + self.check(child, child_monitor, asked)
                     if found:
                         if bad is None:
                             bad = (path, found)
@@ -1671,6 +1698,12 @@ def _history_text(node: NodeMonitor) -> str:
     if h.revive:
         parts.append("then a request_ok while it was not routable")
     return ", ".join(parts)
+
+
+def _differ(a: Decision, b: Decision) -> str:
+    """The fields in which two decisions differ, with both values."""
+    fields = [f.name for f in attrs.fields(Decision) if getattr(a, f.name) != getattr(b, f.name)]
+    return "; ".join(f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in fields)
 
 
 def _decision_text(decision: Decision) -> str:
