@@ -167,14 +167,9 @@ _NODE_SLOTS = frozenset(
 _KNOWN_RECORDS = frozenset(_fields(_engine_module._Node)) == _NODE_SLOTS and frozenset(
     _fields(_engine_module._Entry)
 ) == frozenset({"last_accessed", "status"})
-#: Engine fields holding frozen values or scalars: shared as they are.
-_SHARED_FIELDS = frozenset(
+#: The engine's counters of what it observed (integers; statistics() reports them).
+ENGINE_COUNTERS = frozenset(
     {
-        "catalogue",
-        "policy",
-        "_table",
-        "neurons",
-        "_routable",
         "_polls_ok",
         "_polls_failed",
         "_discoveries",
@@ -182,10 +177,18 @@ _SHARED_FIELDS = frozenset(
         "_health_readings",
         "_health_invalid",
         "_transitions",
-        "_seq",
-        "_count_local",
     }
 )
+#: Engine fields holding frozen values or scalars: shared as they are.
+_SHARED_FIELDS = ENGINE_COUNTERS | {
+    "catalogue",
+    "policy",
+    "_table",
+    "neurons",
+    "_routable",
+    "_seq",
+    "_count_local",
+}
 #: Engine fields that are dicts of frozen values (or sets of them): copied flat.
 _FLAT_FIELDS = frozenset({"_cache", "_picks", "_open", "_cache_keys", "_after_request"})
 

@@ -95,7 +95,7 @@ from ..trace import (
 )
 from ..trace import Event as TraceEvent
 from ..wire import Invalid, parse_health
-from .clone import clone_engine, containers, frozen_containers
+from .clone import ENGINE_COUNTERS, clone_engine, containers, frozen_containers
 from .invariants import (
     ALL_INVARIANTS,
     check_decision,
@@ -736,19 +736,7 @@ class VerifyResult:
 
 #: Engine fields that never change a decision: statistics, and the recency
 #: counter (recency enters the key as an order, through the node records).
-_ENGINE_STATS = frozenset(
-    {
-        "_polls_ok",
-        "_polls_failed",
-        "_discoveries",
-        "_discoveries_ignored",
-        "_health_readings",
-        "_health_invalid",
-        "_transitions",
-        "_decisions",
-        "_seq",
-    }
-)
+_ENGINE_STATS = ENGINE_COUNTERS | {"_decisions", "_seq"}
 #: Engine fields fixed for the world (configuration and derived tables).
 _ENGINE_FIXED = frozenset(
     {"catalogue", "policy", "_table", "_after_ok", "_after_failed", "_after_request"}
