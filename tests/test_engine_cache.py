@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import load, make_engine, poll_ok, up
 
 from cortex_fsm import Neuron, Policy, Profile
+from cortex_fsm.engine import Engine, _rank
 from cortex_fsm.fleet import PollFailure
 from cortex_fsm.routing import Decision, decide
 
@@ -120,6 +121,22 @@ def test_routed_requests_equal_decisions_over_a_snapshot(mode: str, seed: int) -
             engine.reconfigure(t, policy=attrs.evolve(engine.policy, load=other))
         else:
             poll_ok(engine, node, {m: "loaded" for m in MODELS if rng.random() < 0.7}, t)
+        _kept_keys_are_current(engine)
+
+
+def _kept_keys_are_current(engine: Engine) -> None:
+    """Under load = "max" the engine keeps each kept model's replica keys up to
+    date as loads, local counts and recency move (``Engine._ranked``): they must
+    equal the keys computed afresh from the node records, for exactly the
+    models that have kept replicas."""
+    kept_models = {kept[0] for kept in engine._picks.values()}
+    if engine.policy.load != "max":
+        assert not engine._ranked
+        return
+    assert set(engine._ranked) == kept_models
+    for model, (names, keys, index) in engine._ranked.items():
+        assert index == {name: i for i, name in enumerate(names)}
+        assert keys == [_rank(engine._nodes[name], model) for name in names], model
 
 
 def test_a_node_going_down_or_up_changes_the_decisions_it_enters() -> None:

@@ -33,7 +33,10 @@ keeps the model's live loaded replicas, which only entries and routability
 change -- a load or a recency never does, and with a live loaded replica no
 other condition can change the row (``routing.route_loaded``). So the next
 request for the model is only the pick among those replicas (least load,
-then least recently chosen, then name), not a whole decision.
+then least recently chosen, then name), not a whole decision. Under
+``load = "max"`` the engine also keeps each kept replica's key as one int,
+updated wherever a load, a local count or a recency moves, so the pick is
+the least of a list of ints (``min`` and ``index``, no Python loop).
 
 Request outcomes (§6) and fleet changes (§12) are observations like any
 other: :meth:`Engine.observe_request`, :meth:`Engine.finish`,
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -169,6 +173,8 @@ _NO_HOLDERS: dict[str, _Node] = {}
 #: The rules whose pick depends on the replicas' loads (rule 2's).
 _LOAD_PICKED = frozenset(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
 _CACHE_LIMIT = 1 << 16
+#: Rule 2's key as an int (_rank): the load above this many bits, the recency below.
+_RANK_SHIFT = 64
 #: Above this many cached decisions and kept replicas, a routability change forgets them all.
 _SCAN_LIMIT = 256
 #: Rule 2's label, and the statuses of the replicas its pick ranges over.
@@ -214,6 +220,11 @@ class Engine:
         #: rule 2's decision for each): kept while only loads and recency move
         self._picks: dict[str, tuple[str, tuple[str, ...], tuple[Decision, ...]]] = {}
         self._seq = 0  # the sequence number of the last routed request (§8 recency)
+        #: under load = "max", model -> [its kept replicas' names, their rule 2
+        #: keys (see _rank), name -> index]: the keys follow every load,
+        #: local count and recency, so a pick is the least of them; present
+        #: exactly while a kept entry of ``_picks`` is for the model
+        self._ranked: dict[str, list[Any]] = {}
         #: attempts routed under a key and awaiting their outcome: key -> (node, model)
         self._open: dict[tuple[str, int], tuple[str, str]] = {}
         #: keys of attempts whose node left the fleet: their outcome is forgotten too
@@ -420,12 +431,13 @@ class Engine:
         ]:
             del cache[key]
         for key in [k for k, kept in picks.items() if kept[0] in held]:
-            del picks[key]
+            self._ranked.pop(picks.pop(key)[0], None)
 
     def _forget(self) -> None:
         """Forget every cached decision and every kept set of replicas."""
         self._cache.clear()
         self._picks.clear()
+        self._ranked.clear()
 
     def _invalidate(self, model: str) -> None:
         """Forget cached decisions for ``model`` (requested by its id or an
@@ -438,6 +450,7 @@ class Engine:
             for alias in self._aliases_of.get(model, ()):
                 cache.pop(alias, None)
                 picks.pop(alias, None)
+            self._ranked.pop(model, None)
 
     def _loads_moved(self, model: str) -> None:
         """Forget cached decisions for ``model``: a replica's local count or
@@ -473,6 +486,10 @@ class Engine:
     def _replace_busy(self, rec: _Node, new: dict[str, int]) -> None:
         old = rec.busy
         rec.busy = new
+        if self._ranked and new != old:
+            for model in {*new, *old}:
+                if new.get(model, 0) != old.get(model, 0):
+                    self._rerank(rec, model)
         cache = self._cache
         # A node that takes no requests is no replica of any decision's pick
         # (see _load_moved): its readings change no cached decision.
@@ -584,8 +601,26 @@ class Engine:
             del local[model]
         else:
             local[model] = n - 1
+        if self._ranked:
+            ranked = self._ranked.get(model)
+            if ranked is not None:
+                i = ranked[2].get(node)
+                if i is not None:  # _rank, with what is known here
+                    n -= 1
+                    load = rec.busy.get(model, 0)
+                    recency = rec.chosen.get(model, -1) + 1
+                    ranked[1][i] = (n if n > load else load) << _RANK_SHIFT | recency
         if self._cache:
             self._loads_moved(model)
+
+    def _rerank(self, rec: _Node, model: str) -> None:
+        """``rec``'s load, local count or recency of ``model`` moved: if it is a
+        kept replica of the model, its key follows."""
+        ranked = self._ranked.get(model)
+        if ranked is not None:
+            i = ranked[2].get(rec.name)
+            if i is not None:
+                ranked[1][i] = _rank(rec, model)
 
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
         """The outcome of a cold load: on success the entry is ``loaded`` at once."""
@@ -653,6 +688,14 @@ class Engine:
         picks = self._picks
         if len(picks) >= _CACHE_LIMIT:
             picks.clear()
+            self._ranked.clear()
+        if self._count_local and model not in self._ranked:
+            nodes = self._nodes
+            self._ranked[model] = [
+                names,
+                [_rank(nodes[name], model) for name in names],
+                {name: i for i, name in enumerate(names)},
+            ]
         picks[requested] = (
             model,
             names,
@@ -665,26 +708,13 @@ class Engine:
         name -- the key :func:`~cortex_fsm.routing.decide` uses (docs/semantics.md
         §8). Names ascend, so the first of equal keys has the smallest name."""
         model, names, decisions = kept
-        nodes = self._nodes
-        best = i = 0
-        best_load = best_recency = 0
         if self._count_local:
-            for name in names:
-                rec = nodes[name]
-                load = rec.busy.get(model, 0)
-                local = rec.local.get(model, 0)
-                load = local if local > load else load  # max() costs a call
-                recency = rec.chosen.get(model, -1)
-                if not i or load < best_load or (load == best_load and recency < best_recency):
-                    best, best_load, best_recency = i, load, recency
-                i += 1
-        else:
-            for name in names:
-                load = nodes[name].busy.get(model, 0)
-                if not i or load < best_load:
-                    best, best_load = i, load
-                i += 1
-        return decisions[best]
+            # The keys are in name order too, and index() finds the first least.
+            keys: list[int] = self._ranked[model][1]
+            return decisions[keys.index(min(keys))]
+        nodes = self._nodes
+        loads = [nodes[name].busy.get(model, 0) for name in names]
+        return decisions[loads.index(min(loads))]
 
     def route(
         self,
@@ -732,9 +762,15 @@ class Engine:
                 entry.last_accessed = t
             if count_local:
                 local = rec.local
-                local[model] = local.get(model, 0) + 1
+                local[model] = n = local.get(model, 0) + 1
                 self._seq = seq = self._seq + 1
                 rec.chosen[model] = seq
+                ranked = self._ranked.get(model)
+                if ranked is not None:
+                    i = ranked[2].get(node)
+                    if i is not None:  # _rank, with what is known here
+                        load = rec.busy.get(model, 0)
+                        ranked[1][i] = (n if n > load else load) << _RANK_SHIFT | (seq + 1)
                 if self._cache:
                     self._loads_moved(model)
                 if key is not None:
@@ -917,6 +953,17 @@ class Engine:
             decisions=dict(sorted(decisions.items())),
             states={name: rec.health.label for name, rec in sorted(self._nodes.items())},
         )
+
+
+def _rank(rec: _Node, model: str) -> int:
+    """Rule 2's key for replica ``rec`` of ``model`` under load = "max", without
+    the name: load (the larger of the reported and the local count), then
+    recency (docs/semantics.md §8), as one int. Right while fewer than
+    ``2 ** _RANK_SHIFT`` requests have been routed: at a million a second, for
+    half a million years."""
+    load = rec.busy.get(model, 0)
+    local = rec.local.get(model, 0)
+    return (local if local > load else load) << _RANK_SHIFT | (rec.chosen.get(model, -1) + 1)
 
 
 def _frozen(exclude: frozenset[str] | Iterable[str]) -> frozenset[str]:

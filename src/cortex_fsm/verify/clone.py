@@ -263,6 +263,13 @@ def _clone_known(engine: Engine, shared: Mapping[int, Any]) -> Engine:
             out[field] = index
         elif field in _FLAT_FIELDS and type(value) is dict and _flat(value.values(), shared):
             out[field] = value.copy()
+        elif (
+            field == "_ranked"
+            and type(value) is dict
+            and all(type(r) is list and len(r) == 3 and type(r[1]) is list for r in value.values())
+        ):
+            # [names, keys, name -> index]: only the keys change once made
+            out[field] = {m: [r[0], r[1].copy(), r[2]] for m, r in value.items()}
         elif field == "_decisions" and type(value) is Counter:
             out[field] = Counter(value)
         elif field == "_stale" and type(value) is set:

@@ -737,9 +737,12 @@ class VerifyResult:
 #: Engine fields that never change a decision: statistics, and the recency
 #: counter (recency enters the key as an order, through the node records).
 _ENGINE_STATS = ENGINE_COUNTERS | {"_decisions", "_seq"}
-#: Engine fields fixed for the world (configuration and derived tables).
+#: Engine fields fixed for the world (configuration and derived tables), and
+#: the kept replicas' keys (``_ranked``: derived from the node records' loads,
+#: local counts and recency, which are in the key, and holding raw sequence
+#: numbers, which are not).
 _ENGINE_FIXED = frozenset(
-    {"catalogue", "policy", "_table", "_after_ok", "_after_failed", "_after_request"}
+    {"catalogue", "policy", "_table", "_after_ok", "_after_failed", "_after_request", "_ranked"}
 )
 #: Node-record fields that are times, texts or counters no decision reads.
 _NODE_STATS = frozenset({"last_ok", "last_failure", "failures", "endpoint"})
