@@ -46,6 +46,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+from bisect import insort
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import IO, Any
@@ -61,7 +62,11 @@ from .scenario import Scenario, SimNeuron
 
 __all__ = ["Simulation", "simulate", "simulate_to_file"]
 
-_OUTCOME, _LOAD, _TRUTH = "outcome", "load", "truth"
+_LOAD, _TRUTH = "load", "truth"
+#: An answer in flight: (done, sequence, (request id, attempt), node, model).
+_Answer = tuple[int, int, tuple[str, int], str, str]
+#: The calendar's bucket width, as a power of two microseconds (about 16 ms).
+_BUCKET_BITS = 14
 #: Later than any simulated time (in microseconds: about 146,000 years).
 _NEVER = 1 << 62
 #: "000" .. "999": a time's microseconds are written as two of these.
@@ -180,10 +185,11 @@ class Simulation:
         first_part: dict[str, str] = {}  # a first attempt's line after its id, by model
         flush = self.flush
 
-        # Truth changes, loads and answers in flight wait in a heap of
-        # (t, sequence, what, and three fields); the sequence number breaks
-        # ties in the order of scheduling. Arrivals and poll rounds are merged in from outside
-        # it (one each is pending at any time); at equal times the heap goes
+        # Truth changes and loads wait in a heap of (t, sequence, what, and
+        # three fields); answers in flight in a calendar (below). One sequence
+        # number, shared by both, breaks ties in the order of scheduling.
+        # Arrivals and poll rounds are merged in from outside them (one each is
+        # pending at any time); at equal times the heap and the calendar go
         # first, then the poll round, then the arrival.
         queue: list[tuple[int, int, str, Any, Any, Any]] = []
         seq = 0
@@ -222,34 +228,53 @@ class Simulation:
         push = heapq.heappush
         pop = heapq.heappop
         end = _NEVER if duration is None else micros(duration)
+        # The heap's first entry, as (time, sequence): _NEVER when it is empty.
+        qt, qseq = queue[0][:2] if queue else (_NEVER, 0)
+
+        # Answers in flight (nearly every event) wait in a calendar instead:
+        # bucket ``done >> _BUCKET_BITS`` holds the answers ending in it, as
+        # (done, sequence, key, node, model), unsorted until it is the current
+        # bucket ``cur`` (sorted; ``cur[ci:]`` still to come); ``ahead`` is a heap
+        # of the other buckets' numbers, all after ``cur_b``. An answer adds to
+        # a list, instead of costing a heap's worth of comparisons.
+        slots: dict[int, list[_Answer]] = {}
+        ahead: list[int] = []
+        cur: list[_Answer] = []
+        ci = ncur = 0
+        cur_b = -1
 
         # The requests drive the loop; before each, everything due up to its
-        # time: the heap's entries, then the poll round, in time order (at
-        # equal times the heap first, then the poll round, then the arrival).
-        # A last arrival at infinity drains the rest.
+        # time: answers and the heap's entries in (time, sequence) order, then
+        # the poll round (at equal times the answers and the heap first, then
+        # the poll round, then the arrival). A last arrival at infinity drains
+        # the rest.
         arrivals = chain(requests(traffic, seed, duration), ((_NEVER, "", 0),))
         for t_arrival, model, service in arrivals:
             while True:
-                if queue:
-                    top = queue[0][0]
-                    if top <= t_poll:
-                        if top > t_arrival:
-                            break
-                        t, _, what, a, b, c = pop(queue)
-                        now = t / 1e6
-                        if what is _OUTCOME:
-                            key, node, resolved = a, b, c
+                if ci == ncur and ahead:  # the next bucket becomes the current one
+                    cur_b = pop(ahead)
+                    cur = slots.pop(cur_b)
+                    cur.sort()
+                    ci, ncur = 0, len(cur)
+                nt = qt
+                if ci < ncur:
+                    t, order, key, served, resolved = cur[ci]
+                    if t < qt or (t == qt and order < qseq):
+                        if t <= t_arrival and t <= t_poll:
+                            # An answer ends.
+                            ci += 1
+                            now = t / 1e6
                             in_flight -= 1
-                            busy[node][resolved] -= 1
+                            busy[served][resolved] -= 1
                             # What replay's mapping does with this record: an
                             # upstream 200 is request_ok (errors.attempt_result).
-                            result = observe_outcome(key, now, node=node, ok=True)
+                            result = observe_outcome(key, now, node=served, ok=True)
                             events += 1
                             if write is not None:
                                 if key[1] == 1:
-                                    rest = served_first[node]
+                                    rest = served_first[served]
                                 else:
-                                    rest = f'", "attempt": {key[1]}, {served_tail[node]}'
+                                    rest = f'", "attempt": {key[1]}, {served_tail[served]}'
                                 frac = t % 1000000
                                 write(
                                     f'{{"kind": "outcome", "t": {t // 1000000}.'
@@ -262,42 +287,48 @@ class Simulation:
                                     "t": now,
                                     "id": key[0],
                                     "attempt": key[1],
-                                    "node": node,
+                                    "node": served,
                                     "status": 200,
                                     "retry_after": None,
                                     "source": "upstream",
                                     "error": None,
                                 }
                                 listen("outcome", record, result)
-                        elif what is _LOAD:  # a cold load finished: the gateway records it
-                            self.events = events
-                            apply({"kind": "load", "t": now, "node": a, "model": b, "ok": True})
-                            events = self.events
-                        elif t > end or (
-                            duration is None and t_arrival == _NEVER and not in_flight
-                        ):
-                            pass  # the run is over: the fleet is no longer watched
-                        else:  # a real change of a node's state
-                            name, change = a, b
-                            up[name] = change.up
-                            self.events = events
-                            apply(
-                                {
-                                    "kind": "truth",
-                                    "t": now,
-                                    "node": name,
-                                    "up": change.up,
-                                    "why": change.why,
-                                }
-                            )
-                            events = self.events
-                            following = next(changes[name], None)
-                            if following is not None:
-                                seq += 1
-                                push(
-                                    queue, (micros(following.t), seq, _TRUTH, name, following, None)
-                                )
-                        continue
+                            continue
+                        nt = t
+                if nt <= t_poll and nt != _NEVER:
+                    if nt > t_arrival:
+                        break
+                    # The heap's entry (an answer would have been taken above).
+                    t, _, what, a, b, _c = pop(queue)
+                    qt, qseq = queue[0][:2] if queue else (_NEVER, 0)
+                    now = t / 1e6
+                    if what is _LOAD:  # a cold load finished: the gateway records it
+                        self.events = events
+                        apply({"kind": "load", "t": now, "node": a, "model": b, "ok": True})
+                        events = self.events
+                    elif t > end or (duration is None and t_arrival == _NEVER and not in_flight):
+                        pass  # the run is over: the fleet is no longer watched
+                    else:  # a real change of a node's state
+                        name, change = a, b
+                        up[name] = change.up
+                        self.events = events
+                        apply(
+                            {
+                                "kind": "truth",
+                                "t": now,
+                                "node": name,
+                                "up": change.up,
+                                "why": change.why,
+                            }
+                        )
+                        events = self.events
+                        following = next(changes[name], None)
+                        if following is not None:
+                            seq += 1
+                            push(queue, (micros(following.t), seq, _TRUTH, name, following, None))
+                            qt, qseq = queue[0][:2]
+                    continue
                 if t_poll > t_arrival or t_poll == _NEVER:
                     break
                 t = t_poll
@@ -317,8 +348,8 @@ class Simulation:
             t = t_arrival
             now = t / 1e6
             rid += 1
-            if not rid & 0x3FFF and flush is not None:
-                flush()  # keep the buffered lines of a long run few
+            if not rid & 0x3FF and flush is not None:
+                flush()  # a few hundred kB: the buffered lines stay in the CPU's caches
             request_id = f"r{rid}"
             key = (request_id, 1)
             # What replay's mapping does with the request record.
@@ -349,12 +380,29 @@ class Simulation:
                         if decision.outcome is Outcome.COLD_LOAD:
                             seq += 1
                             push(queue, (at, seq, _LOAD, node, resolved, None))
+                            qt, qseq = queue[0][:2]
                     done = (at if at > t else t) + service
                     counts = busy[node]
                     counts[resolved] = counts.get(resolved, 0) + 1
                     in_flight += 1
                     seq += 1
-                    push(queue, (done, seq, _OUTCOME, key, node, resolved))
+                    answer = (done, seq, key, node, resolved)
+                    bucket = done >> _BUCKET_BITS
+                    if bucket == cur_b:
+                        insort(cur, answer, ci)
+                        ncur += 1
+                    else:
+                        if bucket < cur_b:  # before the current bucket: put it back
+                            if ci < ncur:
+                                slots[cur_b] = cur[ci:]
+                                push(ahead, cur_b)
+                            cur, ci, ncur, cur_b = [], 0, 0, -1
+                        slot = slots.get(bucket)
+                        if slot is None:
+                            slots[bucket] = [answer]
+                            push(ahead, bucket)
+                        else:
+                            slot.append(answer)
                     break
                 self.events = events
                 if node is None:  # a reject: answered at once, final
