@@ -213,6 +213,31 @@ def test_a_parsed_reading_that_is_dropped_fails_l1(monkeypatch: pytest.MonkeyPat
 # --- in-flight counts ----------------------------------------------------------------------------
 
 
+def test_an_end_that_is_neither_success_nor_failure_counted_as_a_failure_fails_hspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's own 4xx for an attempt (``ok = None``, docs/semantics.md §6)
+    says nothing about the node: an engine that counts it as a request failure
+    is found, in the ``inflight`` world, by a request that ends that way."""
+    real = Engine.observe_outcome
+
+    def as_failure(
+        self: Engine,
+        key: tuple[str, int],
+        t: float,
+        *,
+        node: str | None,
+        ok: bool | None,
+        reason: str = "",
+    ) -> Any:
+        return real(self, key, t, node=node, ok=False if ok is None else ok, reason=reason)
+
+    monkeypatch.setattr(Engine, "observe_outcome", as_failure)
+    cx = _found("inflight", 3)
+    assert "HSPEC" in _invariants(cx), cx.violations
+    assert (cx.moves[-1].kind, cx.moves[-1].variant) == ("close", "rejected")
+
+
 def test_ending_a_count_that_is_not_open_fails_l2(monkeypatch: pytest.MonkeyPatch) -> None:
     def finish(self: Engine, node: str, model: str) -> None:
         rec = self._nodes.get(node)

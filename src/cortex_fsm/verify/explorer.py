@@ -223,7 +223,7 @@ class Move:
     Kinds: ``discovery``, ``models``, ``health`` (answers of those names);
     ``load``/``unload`` of ``big`` (``ok``/``fail``); ``route`` a request for
     ``variant`` (its attempt stays open); ``close`` the oldest open attempt on
-    ``node`` (``ok``, ``failed`` or ``neutral``); ``attempt`` a request for
+    ``node`` (``ok``, ``failed``, ``neutral`` or ``rejected``); ``attempt`` a request for
     ``big`` with every other node excluded that ``node`` serves, then its
     outcome (``ok``/``failed``; enabled only when the engine routes it to
     ``node``); ``remove`` / ``add`` the node; ``finish``: ``Engine.finish``
@@ -526,8 +526,9 @@ DEFAULT_WORLDS: tuple[World, ...] = (
     ),
     World(
         name="inflight",
-        about="in-flight counts: three on one replica, ends with none open, reloads "
-        "(load max -> reported with requests pending, a new catalogue)",
+        about="in-flight counts: three on one replica, ends with none open, an end that "
+        "is neither success nor failure, reloads (load max -> reported with requests "
+        "pending, a new catalogue)",
         names=node_names(2),
         **_policies(),  # Policy() as given
         depth=5,
@@ -538,6 +539,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("health", "one"),
             ("health", "invalid"),
             ("close", "ok"),
+            ("close", "rejected"),
             ("finish", ""),
         ),
         parsed_health=True,
@@ -1598,11 +1600,16 @@ class _World:
 
 def _outcome(t: float, key: tuple[str, int], node: str | None, result: str) -> dict[str, Any]:
     """An outcome record: ``ok`` (the node answered 200), ``failed`` (the
-    gateway's 503 after a refused connection), ``neutral`` (the node's 400)."""
+    gateway's 503 after a refused connection), ``neutral`` (the node's 400: a
+    success too, it answered below 500), ``rejected`` (the gateway's 502 after
+    the node answered a call made for the request 404: neither success nor
+    failure, docs/semantics.md §6)."""
     if result == "ok":
         status, source, error, retry = 200, "upstream", None, None
     elif result == "failed":
         status, source, error, retry = 503, "gateway", "connect", 3
+    elif result == "rejected":
+        status, source, error, retry = 502, "gateway", "status:404", None
     else:
         status, source, error, retry = 400, "upstream", None, None
     return {
