@@ -238,6 +238,32 @@ def test_an_end_that_is_neither_success_nor_failure_counted_as_a_failure_fails_h
     assert (cx.moves[-1].kind, cx.moves[-1].variant) == ("close", "rejected")
 
 
+def test_a_reload_that_keeps_the_old_failure_threshold_fails_hspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """§12: under a lower threshold ``T'`` a node ``suspect(n)`` with ``n >= T'``
+    is ``unhealthy``. An engine that reports the new policy but keeps judging
+    by the old threshold is found by the ``inflight`` world's reload to T = 2."""
+    real = Engine.reconfigure
+
+    def keeps_threshold(
+        self: Engine, t: float, *, catalogue: Any = None, policy: Policy | None = None
+    ) -> Any:
+        if policy is None:
+            return real(self, t, catalogue=catalogue)
+        old = self.policy.failure_threshold
+        moved = real(
+            self, t, catalogue=catalogue, policy=attrs.evolve(policy, failure_threshold=old)
+        )
+        self.policy = policy
+        return moved
+
+    monkeypatch.setattr(Engine, "reconfigure", keeps_threshold)
+    cx = _found("inflight", 4)
+    assert "HSPEC" in _invariants(cx), cx.violations
+    assert (cx.moves[-1].kind, cx.moves[-1].variant) == ("reload", "threshold")
+
+
 def test_ending_a_count_that_is_not_open_fails_l2(monkeypatch: pytest.MonkeyPatch) -> None:
     def finish(self: Engine, node: str, model: str) -> None:
         rec = self._nodes.get(node)

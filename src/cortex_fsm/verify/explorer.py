@@ -528,7 +528,7 @@ DEFAULT_WORLDS: tuple[World, ...] = (
         name="inflight",
         about="in-flight counts: three on one replica, ends with none open, an end that "
         "is neither success nor failure, reloads (load max -> reported with requests "
-        "pending, a new catalogue)",
+        "pending and back, a lower failure threshold, a new catalogue)",
         names=node_names(2),
         **_policies(),  # Policy() as given
         depth=5,
@@ -543,9 +543,17 @@ DEFAULT_WORLDS: tuple[World, ...] = (
             ("finish", ""),
         ),
         parsed_health=True,
-        fleet_moves=(("route", BIG), ("reload", "reported"), ("reload", "catalogue")),
+        fleet_moves=(
+            ("route", BIG),
+            ("reload", "reported"),
+            ("reload", "max"),
+            ("reload", "threshold"),
+            ("reload", "catalogue"),
+        ),
         reloads={
             "reported": {"policy": spec_policy(load="reported")},
+            "max": {"policy": spec_policy()},
+            "threshold": {"policy": spec_policy(failure_threshold=2)},
             "catalogue": {"catalogue": reload_catalogue(node_names(2))},
         },
         cost=4.0,

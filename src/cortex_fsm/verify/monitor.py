@@ -556,7 +556,13 @@ class Monitor:
     def _reconfigured(self, fields: Mapping[str, Any]) -> Monitor:
         """§12: the new policy and/or catalogue apply from now on; everything
         observed is kept, but under a new threshold ``T'`` a node in
-        ``suspect(n)`` with ``n >= T'`` has had ``T'`` failures: ``unhealthy``."""
+        ``suspect(n)`` with ``n >= T'`` has had ``T'`` failures: ``unhealthy``.
+        H2 (routable through fewer failures in a row than the threshold) was
+        judged, until now, under the threshold then in force: a node that is
+        not routable once the threshold changes -- made unhealthy by the
+        reload, or by failures under the old threshold -- is no longer held to
+        it for its current streak (a threshold raised later does not make its
+        going down wrong)."""
         monitor = self
         catalogue = fields.get("catalogue")
         if catalogue is not None:
@@ -564,10 +570,15 @@ class Monitor:
         policy = fields.get("policy")
         if policy is None:
             return monitor
+        changed = policy.failure_threshold != monitor.policy.failure_threshold
         monitor = _evolve(monitor, policy=policy)
         for n in monitor.nodes:
             if n.health.phase is Phase.SUSPECT and n.health.failures >= policy.failure_threshold:
                 monitor = monitor._with(_evolve(n, health=_UNHEALTHY))._counted("transitions")
+        if changed:
+            for n in monitor.nodes:
+                if not n.health.routable and n.history.armed:
+                    monitor = monitor._with(_evolve(n, history=_evolve(n.history, armed=False)))
         return monitor
 
     def _routed(self, fields: Mapping[str, Any], routed: str | None) -> Monitor:
