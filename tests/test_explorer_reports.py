@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 
+from cortex_fsm import engine as engine_module
 from cortex_fsm.engine import Engine
 from cortex_fsm.fleet import Discovery
 from cortex_fsm.health import HealthState, Phase
@@ -262,6 +263,18 @@ def test_a_reload_that_keeps_the_old_failure_threshold_fails_hspec(
     cx = _found("inflight", 4)
     assert "HSPEC" in _invariants(cx), cx.violations
     assert (cx.moves[-1].kind, cx.moves[-1].variant) == ("reload", "threshold")
+
+
+def test_an_exclusion_given_as_a_list_is_taken_as_a_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``health`` world passes its failover exclusions as a list at odd
+    steps (as a JSON decoder gives them): an engine that keeps the list as it
+    is, instead of making a frozenset of it, fails there -- the decision it
+    builds cannot be hashed -- while the real engine passes the world."""
+    result = explore_world(world_named("health").with_bound(depth=3))
+    assert result.counterexample is None
+    monkeypatch.setattr(engine_module, "_frozen", lambda exclude: exclude)
+    with pytest.raises(TypeError, match="unhashable"):
+        explore_world(world_named("health").with_bound(depth=3))
 
 
 def test_ending_a_count_that_is_not_open_fails_l2(monkeypatch: pytest.MonkeyPatch) -> None:
