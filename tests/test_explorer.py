@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.verify_support import ROOT, run_module
+from tests.verify_support import ROOT, run_module, walk
 
 from cortex_fsm.engine import Engine
 from cortex_fsm.fleet import PollFailure
@@ -101,17 +101,13 @@ def test_an_engine_that_forgets_a_cached_discovery_fails_r1(
 
     monkeypatch.setattr(Engine, "observe_models", forgetful)
     world = _World(world_named("topology"), stop_at_first=True)
-    engine, monitor = world.fresh()
     path = [
         Move("discovery", "n0", "at"),
         Move("models", "n0", "none"),
         Move("models", "n2", "none"),
         Move("models", "n0", "failed"),
     ]
-    for step, move in enumerate(path, start=1):
-        records = world.records(move, step, engine, monitor)
-        assert records is not None
-        monitor = world.apply(engine, monitor, records)
+    engine, monitor = walk(world, path)
     decision = engine.decide("big")
     assert decision.status == 404
     policy = world.policy
@@ -312,7 +308,6 @@ def test_the_engines_copy_is_the_generic_copiers() -> None:
     generic copier gives: the same values and the same sharing (a node's record
     in the indexes is the node's record)."""
     world = _World(world_named("load"), stop_at_first=True)
-    engine, monitor = world.fresh()
     path = [
         Move("models", "n0", "loaded"),
         Move("models", "n1", "loaded"),
@@ -321,11 +316,7 @@ def test_the_engines_copy_is_the_generic_copiers() -> None:
         Move("route", None, "tier/big"),
         Move("models", "n2", "failed"),
     ]
-    for t, move in enumerate(path, start=1):
-        records = world.records(move, t, engine, monitor)
-        assert records is not None, move
-        monitor = world.apply(engine, monitor, records)
-        world.ask(engine)
+    engine, _monitor = walk(world, path, ask=True)
     assert engine._open and engine._picks and engine._cache
     fast = clone_engine(engine, world.shared)
     generic = _copy(engine, dict(world.shared))

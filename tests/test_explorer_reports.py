@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
+from tests.verify_support import walk
 
 from cortex_fsm import engine as engine_module
 from cortex_fsm.engine import Engine
@@ -351,13 +352,7 @@ def test_a_catalogue_reload_that_forgets_the_discoveries_is_found(
 def test_the_monitor_applies_a_threshold_change_as_the_spec_says() -> None:
     """§12: under a new threshold T', suspect(n) with n >= T' is unhealthy."""
     world = _World(world_named("health"), stop_at_first=True)
-    engine, monitor = world.fresh()
-    for step, move in enumerate(
-        [Move("models", "n0", "loaded"), Move("models", "n0", "failed")], start=1
-    ):
-        records = world.records(move, step, engine, monitor)
-        assert records is not None
-        monitor = world.apply(engine, monitor, records)
+    engine, monitor = walk(world, [Move("models", "n0", "loaded"), Move("models", "n0", "failed")])
     node = monitor.node("n0")
     assert node is not None and spec_label(node.health) == "suspect(1)"
     lower = spec_policy(failure_threshold=1)

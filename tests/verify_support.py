@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cortex_fsm.engine import Engine
+from cortex_fsm.verify.explorer import Move, _World
+from cortex_fsm.verify.monitor import Monitor
 from cortex_fsm.verify.mutants import apply_mutant, copy_package, load_mutants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +64,16 @@ def run_module(
         timeout=600,
         check=False,
     )
+
+
+def walk(world: _World, path: list[Move], *, ask: bool = False) -> tuple[Engine, Monitor]:
+    """A fresh engine and monitor of ``world`` taken along ``path`` (every move
+    enabled), asking the engine its decisions after each move if ``ask``."""
+    engine, monitor = world.fresh()
+    for step, move in enumerate(path, start=1):
+        records = world.records(move, step, engine, monitor)
+        assert records is not None, move
+        monitor = world.apply(engine, monitor, records)
+        if ask:
+            world.ask(engine)
+    return engine, monitor
