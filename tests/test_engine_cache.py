@@ -134,9 +134,10 @@ def _kept_keys_are_current(engine: Engine) -> None:
         assert not engine._ranked
         return
     assert set(engine._ranked) == kept_models
-    for model, (names, keys, index) in engine._ranked.items():
-        assert index == {name: i for i, name in enumerate(names)}
-        assert keys == [_rank(engine._nodes[name], model) for name in names], model
+    for model, ranked in engine._ranked.items():
+        names = next(kept[1] for kept in engine._picks.values() if kept[0] == model)
+        assert ranked.index == {name: i for i, name in enumerate(names)}
+        assert ranked.keys == [_rank(engine._nodes[name], model) for name in names], model
 
 
 def test_a_node_going_down_or_up_changes_the_decisions_it_enters() -> None:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import attrs
 
@@ -169,6 +168,18 @@ class _Node:
         self.health_body: object = None
 
 
+class _Ranked:
+    """A kept model's live loaded replicas under load = "max": rule 2's key of
+    each (see _rank), in the kept names' order, and each name's position. The
+    keys follow every load, local count and recency, so a pick is the least."""
+
+    __slots__ = ("index", "keys")
+
+    def __init__(self, keys: list[int], index: dict[str, int]) -> None:
+        self.keys = keys
+        self.index = index  # never changed once made
+
+
 _NO_HOLDERS: dict[str, _Node] = {}
 #: The rules whose pick depends on the replicas' loads (rule 2's).
 _LOAD_PICKED = frozenset(r.rule for r in RULES if r.pick is Pick.LEAST_BUSY_LOADED)
@@ -220,11 +231,9 @@ class Engine:
         #: rule 2's decision for each): kept while only loads and recency move
         self._picks: dict[str, tuple[str, tuple[str, ...], tuple[Decision, ...]]] = {}
         self._seq = 0  # the sequence number of the last routed request (§8 recency)
-        #: under load = "max", model -> [its kept replicas' names, their rule 2
-        #: keys (see _rank), name -> index]: the keys follow every load,
-        #: local count and recency, so a pick is the least of them; present
+        #: under load = "max", model -> its kept replicas' rule 2 keys: present
         #: exactly while a kept entry of ``_picks`` is for the model
-        self._ranked: dict[str, list[Any]] = {}
+        self._ranked: dict[str, _Ranked] = {}
         #: attempts routed under a key and awaiting their outcome: key -> (node, model)
         self._open: dict[tuple[str, int], tuple[str, str]] = {}
         #: keys of attempts whose node left the fleet: their outcome is forgotten too
@@ -604,12 +613,12 @@ class Engine:
         if self._ranked:
             ranked = self._ranked.get(model)
             if ranked is not None:
-                i = ranked[2].get(node)
+                i = ranked.index.get(node)
                 if i is not None:  # _rank, with what is known here
                     n -= 1
                     load = rec.busy.get(model, 0)
                     recency = rec.chosen.get(model, -1) + 1
-                    ranked[1][i] = (n if n > load else load) << _RANK_SHIFT | recency
+                    ranked.keys[i] = (n if n > load else load) << _RANK_SHIFT | recency
         if self._cache:
             self._loads_moved(model)
 
@@ -618,9 +627,9 @@ class Engine:
         kept replica of the model, its key follows."""
         ranked = self._ranked.get(model)
         if ranked is not None:
-            i = ranked[2].get(rec.name)
+            i = ranked.index.get(rec.name)
             if i is not None:
-                ranked[1][i] = _rank(rec, model)
+                ranked.keys[i] = _rank(rec, model)
 
     def observe_load(self, node: str, t: float, model: str, ok: bool) -> None:
         """The outcome of a cold load: on success the entry is ``loaded`` at once."""
@@ -691,11 +700,10 @@ class Engine:
             self._ranked.clear()
         if self._count_local and model not in self._ranked:
             nodes = self._nodes
-            self._ranked[model] = [
-                names,
+            self._ranked[model] = _Ranked(
                 [_rank(nodes[name], model) for name in names],
                 {name: i for i, name in enumerate(names)},
-            ]
+            )
         picks[requested] = (
             model,
             names,
@@ -710,7 +718,7 @@ class Engine:
         model, names, decisions = kept
         if self._count_local:
             # The keys are in name order too, and index() finds the first least.
-            keys: list[int] = self._ranked[model][1]
+            keys = self._ranked[model].keys
             return decisions[keys.index(min(keys))]
         nodes = self._nodes
         loads = [nodes[name].busy.get(model, 0) for name in names]
@@ -767,10 +775,10 @@ class Engine:
                 rec.chosen[model] = seq
                 ranked = self._ranked.get(model)
                 if ranked is not None:
-                    i = ranked[2].get(node)
+                    i = ranked.index.get(node)
                     if i is not None:  # _rank, with what is known here
                         load = rec.busy.get(model, 0)
-                        ranked[1][i] = (n if n > load else load) << _RANK_SHIFT | (seq + 1)
+                        ranked.keys[i] = (n if n > load else load) << _RANK_SHIFT | (seq + 1)
                 if self._cache:
                     self._loads_moved(model)
                 if key is not None:

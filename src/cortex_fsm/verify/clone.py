@@ -194,7 +194,7 @@ _FLAT_FIELDS = frozenset({"_cache", "_picks", "_open", "_cache_keys", "_after_re
 
 
 def _clone_known(engine: Engine, shared: Mapping[int, Any]) -> Engine:
-    Node, Entry = _engine_module._Node, _engine_module._Entry
+    Node, Entry, Ranked = _engine_module._Node, _engine_module._Entry, _engine_module._Ranked
     new_entry = Entry.__new__
     new_node = Node.__new__
     kinds = _KINDS
@@ -266,10 +266,10 @@ def _clone_known(engine: Engine, shared: Mapping[int, Any]) -> Engine:
         elif (
             field == "_ranked"
             and type(value) is dict
-            and all(type(r) is list and len(r) == 3 and type(r[1]) is list for r in value.values())
+            and all(type(r) is Ranked and type(r.keys) is list for r in value.values())
         ):
-            # [names, keys, name -> index]: only the keys change once made
-            out[field] = {m: [r[0], r[1].copy(), r[2]] for m, r in value.items()}
+            # only the keys change once made
+            out[field] = {m: Ranked(r.keys.copy(), r.index) for m, r in value.items()}
         elif field == "_decisions" and type(value) is Counter:
             out[field] = Counter(value)
         elif field == "_stale" and type(value) is set:
