@@ -740,6 +740,8 @@ class Engine:
         :meth:`observe_outcome` for that key.
         """
         count_local = self._count_local
+        ranked: _Ranked | None = None  # the kept keys, when the pick is the i-th of them
+        i: int | None = None
         if exclude:
             decision = decide(self, self.catalogue, requested, self.policy, _frozen(exclude))
         else:
@@ -748,7 +750,12 @@ class Engine:
             kept = self._picks.get(requested) if count_local else None
             cached = self._cache.get(requested) if kept is None else None
             if kept is not None:
-                decision = self._pick(kept)
+                # _pick under "max", inline: where the least key is, is also
+                # the key that moves below.
+                ranked = self._ranked[kept[0]]
+                keys = ranked.keys
+                i = keys.index(min(keys))
+                decision = kept[2][i]
             elif cached is not None:
                 decision = cached
             else:
@@ -773,12 +780,14 @@ class Engine:
                 local[model] = n = local.get(model, 0) + 1
                 self._seq = seq = self._seq + 1
                 rec.chosen[model] = seq
-                ranked = self._ranked.get(model)
-                if ranked is not None:
-                    i = ranked.index.get(node)
-                    if i is not None:  # _rank, with what is known here
-                        load = rec.busy.get(model, 0)
-                        ranked.keys[i] = (n if n > load else load) << _RANK_SHIFT | (seq + 1)
+                if ranked is None:  # not a kept pick: a kept replica all the same?
+                    ranked = self._ranked.get(model)
+                    if ranked is not None:
+                        i = ranked.index.get(node)
+                if i is not None:  # _rank, with what is known here
+                    assert ranked is not None
+                    load = rec.busy.get(model, 0)
+                    ranked.keys[i] = (n if n > load else load) << _RANK_SHIFT | (seq + 1)
                 if self._cache:
                     self._loads_moved(model)
                 if key is not None:

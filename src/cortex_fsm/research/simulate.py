@@ -221,7 +221,6 @@ class Simulation:
                 )
         rounds = 0
         t_poll = 0
-        in_flight = 0
         rid = 0
         events = self.events
         n_attempts = 0
@@ -251,55 +250,58 @@ class Simulation:
         arrivals = chain(requests(traffic, seed, duration), ((_NEVER, "", 0),))
         for t_arrival, model, service in arrivals:
             while True:
-                if ci == ncur and ahead:  # the next bucket becomes the current one
-                    cur_b = pop(ahead)
-                    cur = slots.pop(cur_b)
-                    cur.sort()
-                    ci, ncur = 0, len(cur)
-                nt = qt
-                if ci < ncur:
+                # The answers due first (nearly every event), in a tight loop:
+                # those ending by the arrival and the poll round, and before
+                # the heap's first entry -- a tie with it goes by sequence.
+                lim = t_arrival if t_arrival < t_poll else t_poll
+                last = lim if lim < qt else qt - 1
+                while True:
+                    if ci == ncur:
+                        if not ahead:
+                            break
+                        cur_b = pop(ahead)  # the next bucket becomes the current one
+                        cur = slots.pop(cur_b)
+                        cur.sort()
+                        ci, ncur = 0, len(cur)
                     t, order, key, served, resolved = cur[ci]
-                    if t < qt or (t == qt and order < qseq):
-                        if t <= t_arrival and t <= t_poll:
-                            # An answer ends.
-                            ci += 1
-                            now = t / 1e6
-                            in_flight -= 1
-                            busy[served][resolved] -= 1
-                            # What replay's mapping does with this record: an
-                            # upstream 200 is request_ok (errors.attempt_result).
-                            result = observe_outcome(key, now, node=served, ok=True)
-                            events += 1
-                            if write is not None:
-                                if key[1] == 1:
-                                    rest = served_first[served]
-                                else:
-                                    rest = f'", "attempt": {key[1]}, {served_tail[served]}'
-                                frac = t % 1000000
-                                write(
-                                    f'{{"kind": "outcome", "t": {t // 1000000}.'
-                                    f"{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "
-                                    f'"id": "{key[0]}{rest}'
-                                )
-                            if listen is not None:
-                                record = {
-                                    "kind": "outcome",
-                                    "t": now,
-                                    "id": key[0],
-                                    "attempt": key[1],
-                                    "node": served,
-                                    "status": 200,
-                                    "retry_after": None,
-                                    "source": "upstream",
-                                    "error": None,
-                                }
-                                listen("outcome", record, result)
-                            continue
-                        nt = t
-                if nt <= t_poll and nt != _NEVER:
-                    if nt > t_arrival:
+                    if t > last and (t != qt or order > qseq or t > lim):
                         break
-                    # The heap's entry (an answer would have been taken above).
+                    # An answer ends.
+                    ci += 1
+                    busy[served][resolved] -= 1
+                    # What replay's mapping does with this record: an upstream
+                    # 200 is request_ok (errors.attempt_result).
+                    result = observe_outcome(key, t / 1e6, node=served, ok=True)
+                    events += 1
+                    if write is not None:
+                        if key[1] == 1:
+                            rest = served_first[served]
+                        else:
+                            rest = f'", "attempt": {key[1]}, {served_tail[served]}'
+                        frac = t % 1000000
+                        write(
+                            f'{{"kind": "outcome", "t": {t // 1000000}.'
+                            f"{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "
+                            f'"id": "{key[0]}{rest}'
+                        )
+                    if listen is not None:
+                        record = {
+                            "kind": "outcome",
+                            "t": t / 1e6,
+                            "id": key[0],
+                            "attempt": key[1],
+                            "node": served,
+                            "status": 200,
+                            "retry_after": None,
+                            "source": "upstream",
+                            "error": None,
+                        }
+                        listen("outcome", record, result)
+                if t_arrival < qt and t_arrival < t_poll:
+                    break  # the arrival is next (the common case)
+                drained = duration is None and t_arrival == _NEVER and ci == ncur and not ahead
+                if qt <= t_poll and qt <= t_arrival and qt != _NEVER:
+                    # The heap's entry (the answers before it are done).
                     t, _, what, a, b, _c = pop(queue)
                     qt, qseq = queue[0][:2] if queue else (_NEVER, 0)
                     now = t / 1e6
@@ -307,7 +309,7 @@ class Simulation:
                         self.events = events
                         apply({"kind": "load", "t": now, "node": a, "model": b, "ok": True})
                         events = self.events
-                    elif t > end or (duration is None and t_arrival == _NEVER and not in_flight):
+                    elif t > end or drained:
                         pass  # the run is over: the fleet is no longer watched
                     else:  # a real change of a node's state
                         name, change = a, b
@@ -332,7 +334,7 @@ class Simulation:
                 if t_poll > t_arrival or t_poll == _NEVER:
                     break
                 t = t_poll
-                if t > end or (duration is None and t_arrival == _NEVER and not in_flight):
+                if t > end or drained:
                     t_poll = _NEVER  # no more rounds
                     continue
                 self.events = events
@@ -384,7 +386,6 @@ class Simulation:
                     done = (at if at > t else t) + service
                     counts = busy[node]
                     counts[resolved] = counts.get(resolved, 0) + 1
-                    in_flight += 1
                     seq += 1
                     answer = (done, seq, key, node, resolved)
                     bucket = done >> _BUCKET_BITS
