@@ -183,6 +183,8 @@ class Simulation:
         }
         served_first = {name: f'", "attempt": 1, {tail}' for name, tail in served_tail.items()}
         first_part: dict[str, str] = {}  # a first attempt's line after its id, by model
+        # A time's whole seconds, written: the last ones, kept (about a thousand lines share them).
+        second, second_part = -1, ""
         flush = self.flush
 
         # Truth changes and loads wait in a heap of (t, sequence, what, and
@@ -278,9 +280,12 @@ class Simulation:
                             rest = served_first[served]
                         else:
                             rest = f'", "attempt": {key[1]}, {served_tail[served]}'
+                        whole = t // 1000000
+                        if whole != second:
+                            second, second_part = whole, f"{whole}."
                         frac = t % 1000000
                         write(
-                            f'{{"kind": "outcome", "t": {t // 1000000}.'
+                            f'{{"kind": "outcome", "t": {second_part}'
                             f"{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "
                             f'"id": "{key[0]}{rest}'
                         )
@@ -361,9 +366,12 @@ class Simulation:
                 after_id = first_part.get(model)
                 if after_id is None:
                     after_id = first_part[model] = f'", {_model_part(model)}1}}\n'
+                whole = t // 1000000
+                if whole != second:
+                    second, second_part = whole, f"{whole}."
                 frac = t % 1000000
                 write(
-                    f'{{"kind": "request", "t": {t // 1000000}.'
+                    f'{{"kind": "request", "t": {second_part}'
                     f'{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "id": "{request_id}{after_id}'
                 )
             if listen is not None:
