@@ -70,9 +70,13 @@ def test_simulate_is_byte_identical_for_a_seed_and_replays_to_its_decisions(
         if kind == "request":
             made.append((record["id"], record["attempt"], result.outcome.value, result.node))  # type: ignore[arg-type, attr-defined]
 
-    simulate(scenario, listen=listen)
+    sim = simulate(scenario, listen=listen)
     rows = frames.decisions(a)
     assert [(r["id"], r["attempt"], r["outcome"], r["node"]) for r in rows] == made
+    # What the run reports (and `simulate` prints) counts what it wrote.
+    assert sim.events == sum(kinds.values())
+    assert sim.attempts == kinds["request"] == len(made)
+    assert sim.requests == len({request_id for request_id, _, _, _ in made})
     assert any(attempt > 1 for _, attempt, _, _ in made)  # failover happened
     done = cli("replay", str(a), "--summary")
     assert done.returncode == 0, done.stderr

@@ -224,8 +224,8 @@ class Simulation:
         rounds = 0
         t_poll = 0
         rid = 0
-        events = self.events
-        n_attempts = 0
+        retries = 0  # attempts after a request's first
+        answers = 0  # answers scheduled: each writes its outcome line when it ends
         push = heapq.heappush
         pop = heapq.heappop
         end = _NEVER if duration is None else micros(duration)
@@ -274,7 +274,6 @@ class Simulation:
                     # What replay's mapping does with this record: an upstream
                     # 200 is request_ok (errors.attempt_result).
                     result = observe_outcome(key, t / 1e6, node=served, ok=True)
-                    events += 1
                     if write is not None:
                         if key[1] == 1:
                             rest = served_first[served]
@@ -311,15 +310,12 @@ class Simulation:
                     qt, qseq = queue[0][:2] if queue else (_NEVER, 0)
                     now = t / 1e6
                     if what is _LOAD:  # a cold load finished: the gateway records it
-                        self.events = events
                         apply({"kind": "load", "t": now, "node": a, "model": b, "ok": True})
-                        events = self.events
                     elif t > end or drained:
                         pass  # the run is over: the fleet is no longer watched
                     else:  # a real change of a node's state
                         name, change = a, b
                         up[name] = change.up
-                        self.events = events
                         apply(
                             {
                                 "kind": "truth",
@@ -329,7 +325,6 @@ class Simulation:
                                 "why": change.why,
                             }
                         )
-                        events = self.events
                         following = next(changes[name], None)
                         if following is not None:
                             seq += 1
@@ -342,10 +337,8 @@ class Simulation:
                 if t > end or drained:
                     t_poll = _NEVER  # no more rounds
                     continue
-                self.events = events
                 for poller in pollers:
                     poller.poll(t, up, ready, busy)
-                events = self.events
                 rounds += 1
                 t_poll = rounds * interval_us
             if t_arrival == _NEVER:
@@ -361,7 +354,6 @@ class Simulation:
             key = (request_id, 1)
             # What replay's mapping does with the request record.
             decision = route(model, now, NO_EXCLUDE, key)
-            events += 1
             if write is not None:
                 after_id = first_part.get(model)
                 if after_id is None:
@@ -394,6 +386,7 @@ class Simulation:
                     done = (at if at > t else t) + service
                     counts = busy[node]
                     counts[resolved] = counts.get(resolved, 0) + 1
+                    answers += 1
                     seq += 1
                     answer = (done, seq, key, node, resolved)
                     bucket = done >> _BUCKET_BITS
@@ -413,7 +406,6 @@ class Simulation:
                         else:
                             slot.append(answer)
                     break
-                self.events = events
                 if node is None:  # a reject: answered at once, final
                     apply(
                         {
@@ -428,7 +420,6 @@ class Simulation:
                             "error": None,
                         }
                     )
-                    events = self.events
                     break
                 # The node is down: the connection fails at once.
                 apply(
@@ -444,25 +435,25 @@ class Simulation:
                         "error": "connect",
                     }
                 )
-                events = self.events
                 failed = [*failed, node]
                 if attempt >= max_attempts:
                     break
                 # Decided again with every failed node excluded (§7).
                 attempt += 1
+                retries += 1
                 key = (request_id, attempt)
                 exclude = frozenset(failed)
                 decision = route(model, now, exclude, key)
-                events += 1
                 if write is not None:
                     write(_record_line(_request_record(now, key, model, exclude)))
                 if listen is not None:
                     listen("request", _request_record(now, key, model, exclude), decision)
                 node = decision.node
-            n_attempts += attempt
-        self.events = events
+        # Lines not written through _apply: one request line per attempt, one
+        # outcome line per answer.
+        self.events += rid + retries + answers
         self.requests = rid
-        self.attempts = n_attempts
+        self.attempts = rid + retries
 
 
 class _Poller:
