@@ -102,7 +102,9 @@ def main() -> int:
             apply_record(engine, kind, fields)
 
     rows.append(("engine alone (apply_record of the trace)", cpu(engine_only, args.rounds)))
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    # The interpreter's build matters as much as the code: say which one ran.
+    interpreter = os.path.realpath(sys.executable)
+    print(f"python {sys.version.split()[0]} ({interpreter}), {os.cpu_count()} cores")
     print(
         f"30 nodes, {requests:,} requests in {args.seconds:g} simulated s, "
         f"{len(records):,} events\n"

@@ -8,11 +8,16 @@ it: every observation is a trace record applied through
 :func:`cortex_fsm.replay.apply_record` -- the one mapping replay uses -- and
 written to the trace in the same step, so a replay of the trace makes the
 same decisions. The two records of every request (its attempt, and a served
-attempt's 200 outcome) are not built as dicts: the engine gets the call
-replay's mapping makes for them (``Engine.route`` with the attempt's key and
-exclude set, ``Engine.observe_outcome`` with ``ok=True``: an upstream
-answer below 500 is ``request_ok``), and their lines are written from cached
-parts; a listener still gets the records.
+attempt's 200 outcome) are not built as dicts, and their lines are written
+from cached parts (a listener still gets the records). For them the engine
+gets what replay's mapping amounts to, through the calls a gateway makes
+when it ends a request's count itself: ``Engine.route`` with the exclude
+set, and for the outcome ``Engine.finish`` of the routed replica, then
+``Engine.observe_request`` with ``ok=True`` (an upstream answer below 500
+is ``request_ok``) -- which is what ``Engine.observe_outcome`` does for the
+attempt's key, without keeping the key. An attempt that fails has its count
+ended the same way before its outcome record is applied, which then finds
+no key open and is passive health alone.
 
 What the simulated gateway does, per docs/semantics.md:
 
@@ -174,7 +179,8 @@ class Simulation:
         write = self.write
         listen = self.listen
         route = engine.route
-        observe_outcome = engine.observe_outcome
+        finish = engine.finish
+        observe_request = engine.observe_request
         # The fixed parts of the two lines every request writes, made once.
         served_tail = {
             name: f'"node": {_enc(name)}, "status": 200, "retry_after": null, '
@@ -271,9 +277,11 @@ class Simulation:
                     # An answer ends.
                     ci += 1
                     busy[served][resolved] -= 1
-                    # What replay's mapping does with this record: an upstream
-                    # 200 is request_ok (errors.attempt_result).
-                    result = observe_outcome(key, t / 1e6, node=served, ok=True)
+                    # What replay's mapping does with this record (its key's
+                    # count ends; an upstream 200 is request_ok, see
+                    # errors.attempt_result), as the module docstring says.
+                    finish(served, resolved)
+                    result = observe_request(served, t / 1e6, True)
                     if write is not None:
                         if key[1] == 1:
                             rest = served_first[served]
@@ -353,7 +361,7 @@ class Simulation:
             request_id = f"r{rid}"
             key = (request_id, 1)
             # What replay's mapping does with the request record.
-            decision = route(model, now, NO_EXCLUDE, key)
+            decision = route(model, now)
             if write is not None:
                 after_id = first_part.get(model)
                 if after_id is None:
@@ -421,7 +429,8 @@ class Simulation:
                         }
                     )
                     break
-                # The node is down: the connection fails at once.
+                # The node is down: the connection fails at once, and its count ends.
+                finish(node, decision.model)
                 apply(
                     {
                         "kind": "outcome",
@@ -443,7 +452,7 @@ class Simulation:
                 retries += 1
                 key = (request_id, attempt)
                 exclude = frozenset(failed)
-                decision = route(model, now, exclude, key)
+                decision = route(model, now, exclude)
                 if write is not None:
                     write(_record_line(_request_record(now, key, model, exclude)))
                 if listen is not None:
