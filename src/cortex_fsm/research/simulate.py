@@ -68,8 +68,8 @@ from .scenario import Scenario, SimNeuron
 __all__ = ["Simulation", "simulate", "simulate_to_file"]
 
 _LOAD, _TRUTH = "load", "truth"
-#: An answer in flight: (done, sequence, (request id, attempt), node, model).
-_Answer = tuple[int, int, tuple[str, int], str, str]
+#: An answer in flight: (done, sequence, request id, attempt, node, model).
+_Answer = tuple[int, int, str, int, str, str]
 #: The calendar's bucket width, as a power of two microseconds (about 16 ms).
 _BUCKET_BITS = 14
 #: Later than any simulated time (in microseconds: about 146,000 years).
@@ -240,7 +240,7 @@ class Simulation:
 
         # Answers in flight (nearly every event) wait in a calendar instead:
         # bucket ``done >> _BUCKET_BITS`` holds the answers ending in it, as
-        # (done, sequence, key, node, model), unsorted until it is the current
+        # (done, sequence, request id, attempt, node, model), unsorted until it is the current
         # bucket ``cur`` (sorted; ``cur[ci:]`` still to come); ``ahead`` is a heap
         # of the other buckets' numbers, all after ``cur_b``. An answer adds to
         # a list, instead of costing a heap's worth of comparisons.
@@ -271,7 +271,7 @@ class Simulation:
                         cur = slots.pop(cur_b)
                         cur.sort()
                         ci, ncur = 0, len(cur)
-                    t, order, key, served, resolved = cur[ci]
+                    t, order, request_id, attempt, served, resolved = cur[ci]
                     if t > last and (t != qt or order > qseq or t > lim):
                         break
                     # An answer ends.
@@ -283,10 +283,10 @@ class Simulation:
                     finish(served, resolved)
                     result = observe_request(served, t / 1e6, True)
                     if write is not None:
-                        if key[1] == 1:
+                        if attempt == 1:
                             rest = served_first[served]
                         else:
-                            rest = f'", "attempt": {key[1]}, {served_tail[served]}'
+                            rest = f'", "attempt": {attempt}, {served_tail[served]}'
                         whole = t // 1000000
                         if whole != second:
                             second, second_part = whole, f"{whole}."
@@ -294,14 +294,14 @@ class Simulation:
                         write(
                             f'{{"kind": "outcome", "t": {second_part}'
                             f"{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "
-                            f'"id": "{key[0]}{rest}'
+                            f'"id": "{request_id}{rest}'
                         )
                     if listen is not None:
                         record = {
                             "kind": "outcome",
                             "t": t / 1e6,
-                            "id": key[0],
-                            "attempt": key[1],
+                            "id": request_id,
+                            "attempt": attempt,
                             "node": served,
                             "status": 200,
                             "retry_after": None,
@@ -359,7 +359,6 @@ class Simulation:
             if not rid & 0x3FF and flush is not None:
                 flush()  # a few hundred kB: the buffered lines stay in the CPU's caches
             request_id = f"r{rid}"
-            key = (request_id, 1)
             # What replay's mapping does with the request record.
             decision = route(model, now)
             if write is not None:
@@ -375,7 +374,7 @@ class Simulation:
                     f'{_MILLS[frac // 1000]}{_MILLS[frac % 1000]}, "id": "{request_id}{after_id}'
                 )
             if listen is not None:
-                listen("request", _request_record(now, key, model, NO_EXCLUDE), decision)
+                listen("request", _request_record(now, request_id, 1, model, NO_EXCLUDE), decision)
             node = decision.node
             attempt = 1
             failed: list[str] = _NO_FAILED
@@ -396,7 +395,7 @@ class Simulation:
                     counts[resolved] = counts.get(resolved, 0) + 1
                     answers += 1
                     seq += 1
-                    answer = (done, seq, key, node, resolved)
+                    answer = (done, seq, request_id, attempt, node, resolved)
                     bucket = done >> _BUCKET_BITS
                     if bucket == cur_b:
                         insort(cur, answer, ci)
@@ -450,13 +449,13 @@ class Simulation:
                 # Decided again with every failed node excluded (§7).
                 attempt += 1
                 retries += 1
-                key = (request_id, attempt)
                 exclude = frozenset(failed)
                 decision = route(model, now, exclude)
                 if write is not None:
-                    write(_record_line(_request_record(now, key, model, exclude)))
+                    write(_record_line(_request_record(now, request_id, attempt, model, exclude)))
                 if listen is not None:
-                    listen("request", _request_record(now, key, model, exclude), decision)
+                    record = _request_record(now, request_id, attempt, model, exclude)
+                    listen("request", record, decision)
                 node = decision.node
         # Lines not written through _apply: one request line per attempt, one
         # outcome line per answer.
@@ -517,15 +516,15 @@ def _model_part(model: str) -> str:
 
 
 def _request_record(
-    t: float, key: tuple[str, int], model: str, exclude: frozenset[str]
+    t: float, request_id: str, attempt: int, model: str, exclude: frozenset[str]
 ) -> dict[str, Any]:
-    """The request record of attempt ``key`` (as replay reads it back)."""
+    """The request record of an attempt (as replay reads it back)."""
     record: dict[str, Any] = {
         "kind": "request",
         "t": t,
-        "id": key[0],
+        "id": request_id,
         "model": model,
-        "attempt": key[1],
+        "attempt": attempt,
     }
     if exclude:
         record["exclude"] = exclude
