@@ -277,9 +277,10 @@ class Simulation:
                     # An answer ends.
                     ci += 1
                     busy[served][resolved] -= 1
-                    # What replay's mapping does with this record (its key's
-                    # count ends; an upstream 200 is request_ok, see
-                    # errors.attempt_result), as the module docstring says.
+                    # What replay's mapping does with this record, by the
+                    # calls the module docstring names: the attempt's count
+                    # ends, and an upstream 200 is request_ok (see
+                    # errors.attempt_result).
                     finish(served, resolved)
                     result = observe_request(served, t / 1e6, True)
                     if write is not None:
@@ -359,7 +360,8 @@ class Simulation:
             if not rid & 0x3FF and flush is not None:
                 flush()  # a few hundred kB: the buffered lines stay in the CPU's caches
             request_id = f"r{rid}"
-            # What replay's mapping does with the request record.
+            # What replay's mapping does with the request record, but for
+            # keeping its key (see the module docstring).
             decision = route(model, now)
             if write is not None:
                 after_id = first_part.get(model)
