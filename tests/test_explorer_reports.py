@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
-from tests.verify_support import walk
+from tests.verify_support import run_module, walk
 
 from cortex_fsm import engine as engine_module
 from cortex_fsm.engine import Engine
@@ -38,6 +38,7 @@ from cortex_fsm.verify.explorer import (
     world_named,
 )
 from cortex_fsm.verify.monitor import SPEC_DEFAULTS, SPEC_REFERENCE, spec_label, spec_policy
+from cortex_fsm.verify.mutants import copy_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -269,13 +270,47 @@ def test_a_reload_that_keeps_the_old_failure_threshold_fails_hspec(
 def test_an_exclusion_given_as_a_list_is_taken_as_a_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``health`` world passes its failover exclusions as a list at odd
     steps (as a JSON decoder gives them): an engine that keeps the list as it
-    is, instead of making a frozenset of it, fails there -- the decision it
-    builds cannot be hashed -- while the real engine passes the world."""
+    is, instead of making a frozenset of it, raises there -- the decision it
+    builds cannot be hashed -- which is a TOTAL counterexample, while the
+    real engine passes the world."""
     result = explore_world(world_named("health").with_bound(depth=3))
     assert result.counterexample is None
+    assert result.checked["TOTAL"] == result.transitions > 0
     monkeypatch.setattr(engine_module, "_frozen", lambda exclude: exclude)
-    with pytest.raises(TypeError, match="unhashable"):
-        explore_world(world_named("health").with_bound(depth=3))
+    cx = _found("health", 3)
+    assert _invariants(cx) == {"TOTAL"}, cx.violations
+    (violation,) = cx.violations
+    assert violation.detail.startswith("TypeError: unhashable type: 'list'"), violation.detail
+    assert "engine.py" in violation.detail or "routing.py" in violation.detail, violation.detail
+    assert cx.moves, "the initial state does not raise"
+
+
+def test_an_engine_that_raises_is_a_counterexample_through_the_cli(tmp_path: Path) -> None:
+    """What a CI user sees when their engine raises on a move: exit 1, FAIL on
+    TOTAL, the path to the move, and a written trace -- not a traceback."""
+    src = tmp_path / "src"
+    src.mkdir()
+    package = copy_package(ROOT / "src" / "cortex_fsm", src)
+    engine_py = package / "engine.py"
+    text = engine_py.read_text(encoding="utf-8")
+    real = "    return exclude if type(exclude) is frozenset else frozenset(exclude)\n"
+    assert text.count(real) == 1
+    engine_py.write_text(text.replace(real, "    return exclude  # type: ignore[return-value]\n"))
+    trace = tmp_path / "cx.jsonl"
+    done = run_module(
+        "cortex_fsm.cli",
+        ["verify", "--world", "health", "--depth", "3", "--counterexample", str(trace)],
+        cwd=tmp_path,
+        pythonpath=src,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert "FAIL  TOTAL" in done.stdout, done.stdout
+    assert "TOTAL  the engine takes every observation" in done.stdout, done.stdout
+    assert "TypeError: unhashable type: 'list'" in done.stdout, done.stdout
+    assert "counterexample in world health" in done.stdout, done.stdout
+    assert f"written to {trace}" in done.stdout, done.stdout
+    assert trace.exists()
 
 
 def test_ending_a_count_that_is_not_open_fails_l2(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,6 +78,9 @@ from ..verify.explorer import (
     _path_events,
     _typed,
     _World,
+    crash_reproduced,
+    crashed,
+    replay_verdict,
 )
 from ..verify.invariants import ALL_INVARIANTS, INVARIANTS, spec_model
 from ..verify.monitor import Monitor
@@ -304,7 +307,7 @@ class ConfigResult:
     spec: ConfigWorld
     result: ExploreResult
     trace: str | None = None  # the counterexample, when written
-    replayed: bool = False  # ... and its replay gives the violating decision
+    replayed: bool = False  # ... and its replay gives the violating decision (or raises the same)
 
     @property
     def ok(self) -> bool:
@@ -346,6 +349,8 @@ def _write(out: ConfigResult, explorer: _ConfigExplorer, path: str) -> ConfigRes
             writer.write(_typed(rec))
         for event in _path_events(explorer, cx):
             writer.write(event)
+    if crashed(cx):
+        return attrs.evolve(out, trace=path, replayed=crash_reproduced(path, cx))
     lines = StringIO()
     replay(path, out=lines)
     finals = _final_requests(cx, out.spec.world.requests)
@@ -401,7 +406,8 @@ def render(out: ConfigResult) -> str:
     lines += ["", f"counterexample ({len(cx.moves)} observation(s) after the start):"]
     for step, move in enumerate(cx.moves, start=1):
         lines.append(f"  t={step:<3} {move.describe(world)}")
-    lines.append("then:")
+    # A move that raised leaves no state: what is shown is the one it was taken from.
+    lines.append("before the last observation, which raised:" if crashed(cx) else "then:")
     lines.append("  health: " + ", ".join(f"{n} {label}" for n, label in cx.states))
     asked = {v.request for v in cx.violations if v.request is not None}
     for requested, decision in cx.decisions:
@@ -412,11 +418,7 @@ def render(out: ConfigResult) -> str:
         sentence = SERVED if v.invariant == "SERVED" else INVARIANTS[v.invariant]
         lines.append(f"  {v.invariant}  {sentence}: {v.detail}")
     if out.trace is not None:
-        again = (
-            "its replay gives the decision above"
-            if out.replayed
-            else "WARNING: its replay does not give the decisions above"
-        )
+        again = replay_verdict(cx, out.replayed)
         lines.append(f"written to {out.trace} ({again}): cortex-fsm replay {out.trace}")
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,9 @@ from .explorer import (
     REQUESTS,
     VerifyResult,
     World,
+    crashed,
     explore,
+    replay_verdict,
     write_counterexample,
 )
 from .invariants import ALL_INVARIANTS, INVARIANTS
@@ -271,7 +273,8 @@ def render_result(
     world = next((w for w in worlds if w.name == cx.world), None)
     for step, move in enumerate(cx.moves, start=1):
         lines.append(f"  t={step:<3} {move.describe(world)}")
-    lines.append("then:")
+    # A move that raised leaves no state: what is shown is the one it was taken from.
+    lines.append("before the last observation, which raised:" if crashed(cx) else "then:")
     lines.append("  health: " + ", ".join(f"{n} {label}" for n, label in cx.states))
     for requested, decision in cx.decisions:
         shown = decision.outcome.value
@@ -285,11 +288,7 @@ def render_result(
     for v in cx.violations:
         lines.append(f"  {v.invariant}  {INVARIANTS[v.invariant]}: {v.detail}")
     if cx.trace is not None:
-        again = (
-            "its replay gives the decision above"
-            if cx.replayed
-            else "WARNING: its replay does not give the decisions above"
-        )
+        again = replay_verdict(cx, cx.replayed)
         lines.append(f"written to {cx.trace} ({again}): cortex-fsm replay {cx.trace} [--summary]")
     return "\n".join(lines) + "\n"
 

@@ -66,7 +66,9 @@ import math
 import multiprocessing
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypedDict
 
@@ -636,7 +638,7 @@ class Counterexample:
     decisions: tuple[tuple[str, Decision], ...]  # the engine's answers on the final state
     states: tuple[tuple[str, str], ...]  # node -> health label on the final state
     trace: str | None = None  # where it was written
-    replayed: bool = False  # the written trace replays to the same decisions
+    replayed: bool = False  # the written trace replays to the same decisions (or raises the same)
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -1521,9 +1523,20 @@ class _World:
                         continue
                     transitions += 1
                     child = clone_engine(state.engine, self.shared)
-                    child_monitor = self.apply(child, state.monitor, recs)
+                    self.checked[CRASH] += 1
+                    try:
+                        child_monitor = self.apply(child, state.monitor, recs)
+                        asked = self.ask(child)
+                    except Exception as exc:  # TOTAL: the engine raised; a state of its own
+                        self.wrong_routes = []
+                        found = [Violation(invariant=CRASH, detail=crash_text(exc))]
+                        if bad is None:
+                            bad = ((*state.path, move), found)
+                        violated.setdefault(CRASH, level)
+                        if self.stop_at_first:
+                            break
+                        continue
                     wrong, self.wrong_routes = self.wrong_routes, []
-                    asked = self.ask(child)
                     before = len(seen)
                     seen.add(self.key(child, child_monitor))  # hashed once
                     if len(seen) == before and not wrong:
@@ -1590,10 +1603,15 @@ class _World:
         return engine, monitor, steps
 
     def counterexample(self, path: Sequence[Move], found: Found) -> Counterexample:
-        engine, monitor, _steps = self.replay_path(path)
-        asked = self.ask(engine)
-        again = self.check(engine, monitor, asked)
-        violations = tuple(again) or tuple(found)
+        if any(v.invariant == CRASH for v in found):
+            # The last move raised: what is shown is the state it was taken from.
+            engine, monitor, _steps = self.replay_path(path[:-1])
+            asked = self.ask(engine)
+            violations = tuple(found)
+        else:
+            engine, monitor, _steps = self.replay_path(path)
+            asked = self.ask(engine)
+            violations = tuple(self.check(engine, monitor, asked)) or tuple(found)
         return Counterexample(
             world=self.world.name,
             moves=tuple(path),
@@ -1606,6 +1624,48 @@ class _World:
         return TraceHeader(
             neurons=tuple(self.neurons()), catalogue=self.catalogue, policy=self.policy
         )
+
+
+#: The invariant a move that makes the engine raise breaks (the checker's own
+#: code raising is reported the same way: the text says where it was raised).
+CRASH = "TOTAL"
+
+
+def crash_text(exc: BaseException) -> str:
+    """What an exception raised by a move was, and where it was raised."""
+    text = f"{type(exc).__name__}: {exc}"
+    if exc.__traceback__ is None:
+        return text
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{text} (raised in {where.name}, {Path(where.filename).name}:{where.lineno})"
+
+
+def crash_reproduced(trace: str | os.PathLike[str], cx: Counterexample) -> bool:
+    """Whether replaying the counterexample's ``trace`` raises what the engine
+    raised during the search (the same exception and message)."""
+    from io import StringIO
+
+    from ..replay import replay
+
+    detail = next(v.detail for v in cx.violations if v.invariant == CRASH)
+    try:
+        replay(os.fspath(trace), out=StringIO())
+    except Exception as exc:  # the replayed engine raising is what is checked
+        return detail.startswith(f"{type(exc).__name__}: {exc}")
+    return False
+
+
+def crashed(cx: Counterexample) -> bool:
+    return any(v.invariant == CRASH for v in cx.violations)
+
+
+def replay_verdict(cx: Counterexample, replayed: bool) -> str:
+    """What replaying the written counterexample showed, in words."""
+    if crashed(cx):
+        return "its replay raises the same" if replayed else "WARNING: its replay does not raise"
+    if replayed:
+        return "its replay gives the decision above"
+    return "WARNING: its replay does not give the decisions above"
 
 
 def _outcome(t: float, key: tuple[str, int], node: str | None, result: str) -> dict[str, Any]:
@@ -1827,16 +1887,21 @@ def _final_requests(
 def _path_events(world: _World, cx: Counterexample) -> Iterator[TraceEvent]:
     """The trace events of a counterexample's path (the requests the search
     asked on every state are not written: they would change the fleet under
-    ``load = max``), then the final requests."""
+    ``load = max``), then the final requests -- or, when the engine raised,
+    the path up to and with the move that made it raise."""
     engine, monitor = world.fresh()
     step = 0
+    raised = crashed(cx)
     for step, move in enumerate(cx.moves, start=1):
         recs = world.records(move, step, engine, monitor)
         assert recs is not None
-        monitor = world.apply(engine, monitor, recs)
+        if not (raised and step == len(cx.moves)):  # the last move raises: not applied
+            monitor = world.apply(engine, monitor, recs)
         for rec in recs:
             if rec["kind"] != "finish":  # enabled only where it changes nothing
                 yield _typed(rec)
+    if raised:
+        return
     t = float(step)
     for i, (requested, exclude) in enumerate(_final_requests(cx, world.world.requests)):
         yield RequestEvent(t=t, id=f"final-{i}", model=requested, exclude=tuple(sorted(exclude)))
@@ -1890,12 +1955,8 @@ def write_counterexample(
     result: VerifyResult, path: str | os.PathLike[str], worlds: Sequence[World] = DEFAULT_WORLDS
 ) -> VerifyResult:
     """Write the first counterexample as a v2 trace; replay it to see whether it
-    reproduces the engine's decisions on the violating state."""
-    from io import StringIO
-
-    from ..replay import replay
-    from ..trace import decision_line
-
+    reproduces the engine's decisions on the violating state (or, when the
+    engine raised, the same exception)."""
     cx = result.counterexample
     assert cx is not None
     index = next(i for i, w in enumerate(result.worlds) if w.counterexample is cx)
@@ -1906,6 +1967,26 @@ def write_counterexample(
     with TraceWriter(path, world.header()) as writer:
         for event in _path_events(world, cx):
             writer.write(event)
+    if crashed(cx):
+        replayed = crash_reproduced(path, cx)
+    else:
+        replayed = _replays_to(world, spec_world, cx, path)
+    cx2 = attrs.evolve(cx, trace=os.fspath(path), replayed=replayed)
+    worlds_out = list(result.worlds)
+    worlds_out[index] = attrs.evolve(world_result, counterexample=cx2)
+    return attrs.evolve(result, worlds=tuple(worlds_out))
+
+
+def _replays_to(
+    world: _World, spec_world: World, cx: Counterexample, path: str | os.PathLike[str]
+) -> bool:
+    """Whether the written trace replays to the engine's decisions on the
+    violating state."""
+    from io import StringIO
+
+    from ..replay import replay
+    from ..trace import decision_line
+
     out = StringIO()
     replay(os.fspath(path), out=out)
     finals = _final_requests(cx, spec_world.requests)
@@ -1917,7 +1998,4 @@ def write_counterexample(
         for i, (r, x) in enumerate(finals)
     ]
     sure = 1 if spec_world.policy.load == "max" else len(finals)
-    cx2 = attrs.evolve(cx, trace=os.fspath(path), replayed=lines[:sure] == want[:sure])
-    worlds_out = list(result.worlds)
-    worlds_out[index] = attrs.evolve(world_result, counterexample=cx2)
-    return attrs.evolve(result, worlds=tuple(worlds_out))
+    return lines[:sure] == want[:sure]

@@ -149,6 +149,7 @@ INVARIANTS: Mapping[str, str] = {
     "SPEC": "the decision is the one the ordered rules of docs/semantics.md give",
     "ANSWER": "the client is told exactly the status, error type, code and Retry-After "
     "of the outcome under the policy in force",
+    "TOTAL": "the engine takes every observation and answers every request without raising",
 }
 HEALTH_INVARIANTS = ("H1", "H2", "H3", "H4", "H5", "H6")
 ROUTING_INVARIANTS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R9")
