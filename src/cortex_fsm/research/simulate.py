@@ -288,6 +288,9 @@ class Simulation:
                             rest = served_first[served]
                         else:
                             rest = f'", "attempt": {attempt}, {served_tail[served]}'
+                        # The time written as the request line below writes it,
+                        # inline in both: a call per line would cost more than
+                        # the formatting.
                         whole = t // 1000000
                         if whole != second:
                             second, second_part = whole, f"{whole}."
